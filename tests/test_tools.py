@@ -1,0 +1,64 @@
+"""End-to-end run of the main job, tools/compress.py, on the shipped digits."""
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _run(args, tmp_path):
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", PYTHONPATH=ROOT)
+    return subprocess.run(
+        [sys.executable, os.path.join(ROOT, "tools", "compress.py"),
+         f"--output_dir={tmp_path}", *args],
+        capture_output=True, text=True, env=env, timeout=600, check=False,
+    )
+
+
+def test_compress_trains_profiles_exports_and_verifies(tmp_path):
+    result = _run(["--epochs=3", "--seed=1"], tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads((tmp_path / "small_cnn_report.json").read_text())
+    # 3 epochs of small_cnn on 8x8 digits: well above the 10% of chance.
+    assert report["keras_test_accuracy"] > 0.5
+    # The float .tflite computes what Keras computed.
+    assert report["parity"]["argmax_agreement"] >= 0.99
+    assert report["parity"]["max_abs_diff"] < 1e-3
+    assert abs(report["tflite_test_accuracy"] - report["keras_test_accuracy"]) < 0.01
+    for key in ("keras", "tflite", "plot"):
+        assert os.path.getsize(report["files"][key]) > 0
+    assert report["tflite_bytes"] == os.path.getsize(report["files"]["tflite"])
+    assert "TFLite test accuracy" in result.stdout
+    assert not list(tmp_path.glob("*.tmp")) and not list(tmp_path.glob("*.partial.keras"))
+
+    # The saved .keras loads with plain Keras and predicts like the .tflite.
+    import keras
+
+    from tfcompress import datasets, export
+
+    model = keras.saving.load_model(report["files"]["keras"])
+    _, (x_test, _) = datasets.load("digits")
+    with open(report["files"]["tflite"], "rb") as f:
+        lite, _ = export.run_tflite(f.read(), x_test[:50])
+    np.testing.assert_allclose(lite, model.predict(x_test[:50], verbose=0), atol=1e-4)
+
+
+@pytest.mark.parametrize("conv", ["adder", "binary"])
+def test_compress_resnet20_variants(conv, tmp_path):
+    result = _run(["--model=resnet20", f"--conv={conv}", "--epochs=1"], tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads((tmp_path / f"resnet20_{conv}_report.json").read_text())
+    assert report["parity"]["argmax_agreement"] >= 0.99
+    if conv == "adder":
+        assert report["adds"] > 0
+
+
+def test_compress_rejects_unknown_model(tmp_path):
+    result = _run(["--model=vgg"], tmp_path)
+    assert result.returncode != 0
+    assert "vgg" in result.stderr and "small_cnn" in result.stderr

@@ -1,0 +1,35 @@
+"""Compact Keras 3 layers: Ghost, Shift, Adder and Binary convolutions."""
+
+from tfcompress.layers.adder import (
+    AdderConv,
+    AdderDense,
+    adaptive_gradient_scale,
+    adder_distance,
+)
+from tfcompress.layers.binary import (
+    BinaryConv,
+    BinaryDense,
+    WeightClip,
+    approx_sign,
+    ste_sign,
+)
+from tfcompress.layers.ghost import GhostBottleneck, GhostConv, make_divisible
+from tfcompress.layers.shift import Shift, ShiftConv, shift_offsets
+
+__all__ = [
+    "AdderConv",
+    "AdderDense",
+    "BinaryConv",
+    "BinaryDense",
+    "GhostBottleneck",
+    "GhostConv",
+    "Shift",
+    "ShiftConv",
+    "WeightClip",
+    "adaptive_gradient_scale",
+    "adder_distance",
+    "approx_sign",
+    "make_divisible",
+    "shift_offsets",
+    "ste_sign",
+]

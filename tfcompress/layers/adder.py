@@ -1,0 +1,385 @@
+"""Adder layers: convolution and dense layers built on the L1 distance (AdderNet).
+
+Reference: Chen, Wang, Xu, Shi, Xu, Xu, Tian, Xu. "AdderNet: Do We Really Need
+Multiplications in Deep Learning?", CVPR 2020, arXiv:1912.13200.
+"""
+
+import math
+
+import keras
+from keras import layers, ops
+
+from tfcompress.layers._utils import (
+    check_padding,
+    check_positive_int,
+    normalize_tuple,
+    output_length,
+    same_pads,
+)
+
+# Largest number of elements of the (rows, C_in, C_out_chunk) difference tensor
+# built per sample and kernel position; bounds memory whatever the batch size.
+_ELEMENTS_PER_ROW_CHUNK = 1 << 20
+
+
+def _output_channel_chunks(rows_per_sample, in_channels, out_channels):
+    per_channel = max(1, rows_per_sample * in_channels)
+    chunk = max(1, min(out_channels, _ELEMENTS_PER_ROW_CHUNK // per_channel))
+    return [(start, min(start + chunk, out_channels)) for start in range(0, out_channels, chunk)]
+
+
+def adder_distance(x, w, rows_per_sample=1):
+    """Negative L1 distance between every row of `x` and every column of `w`.
+
+        y[..., o] = -sum_c |x[..., c] - w[c, o]|
+
+    Backward pass (AdderNet eq. 5 and eq. 8):
+
+        dL/dw[c, o] = sum_rows (x[..., c] - w[c, o]) * g[..., o]      (full precision)
+        dL/dx[..., c] = sum_o HardTanh(w[c, o] - x[..., c]) * g[..., o]
+
+    where `HardTanh(z) = clip(z, -1, 1)`. The weight gradient reduces to two matrix
+    products, `x^T g - w * sum(g)`. Forward and input gradient are evaluated in
+    chunks of output channels so that the broadcast difference tensor holds at
+    most about 2**20 elements per sample (`rows_per_sample * C_in * chunk`).
+
+    Args:
+        x: tensor of shape (..., C_in).
+        w: tensor of shape (C_in, C_out).
+        rows_per_sample: rows of `x` that belong to one batch element (e.g. the
+            output pixels of a convolution); only used to size the chunks.
+
+    Returns:
+        Tensor of shape (..., C_out).
+    """
+    in_channels, out_channels = w.shape
+    chunks = _output_channel_chunks(rows_per_sample, in_channels, out_channels)
+
+    @ops.custom_gradient
+    def _distance(x, w):
+        # Eager tf.custom_gradient runs the forward under the recording tape;
+        # without stop_gradient every chunk's difference tensor would be kept
+        # alive until tape.gradient (twice the full tensor for a conv layer).
+        x_const, w_const = ops.stop_gradient(x), ops.stop_gradient(w)
+        outs = []
+        for start, stop in chunks:
+            diff = ops.expand_dims(x_const, -1) - w_const[:, start:stop]
+            outs.append(-ops.sum(ops.abs(diff), axis=-2))
+        y = outs[0] if len(outs) == 1 else ops.concatenate(outs, axis=-1)
+
+        def grad(*args, upstream=None):
+            if upstream is None:
+                (upstream,) = args
+            g = upstream
+            x_rows = ops.reshape(x, (-1, in_channels))
+            g_rows = ops.reshape(g, (-1, out_channels))
+            grad_w = ops.matmul(ops.transpose(x_rows), g_rows) - w * ops.sum(
+                g_rows, axis=0, keepdims=True
+            )
+            grad_x = 0.0
+            for start, stop in chunks:
+                diff = w[:, start:stop] - ops.expand_dims(x, -1)
+                grad_x = grad_x + ops.sum(
+                    ops.clip(diff, -1.0, 1.0) * ops.expand_dims(g[..., start:stop], -2),
+                    axis=-1,
+                )
+            return grad_x, grad_w
+
+        return y, grad
+
+    return _distance(x, w)
+
+
+def adaptive_gradient_scale(w, eta):
+    """Identity on `w` whose backward rescales the gradient to AdderNet's local rate.
+
+        g  ->  eta * sqrt(k) * g / ||g||_2,    k = number of elements of w
+
+    (AdderNet eq. 12-13). Because it rewrites the gradient before the optimizer
+    sees it, it works with any Keras optimizer, `model.fit` or a custom loop, and
+    needs no callback. Gradients that reach `w` by other paths (for example the
+    regularizer's) are not rescaled, as in the reference code.
+
+    Args:
+        w: the weight tensor.
+        eta: the paper's eta (0.2 in the paper).
+
+    Returns:
+        `w`, unchanged in the forward pass.
+    """
+    scale = float(eta) * math.sqrt(math.prod(w.shape))
+
+    @ops.custom_gradient
+    def _scaled(w):
+        def grad(*args, upstream=None):
+            if upstream is None:
+                (upstream,) = args
+            norm = ops.sqrt(ops.sum(ops.square(upstream)))
+            return upstream * (scale / ops.maximum(norm, 1e-12))
+
+        return ops.copy(w), grad
+
+    return _scaled(w)
+
+
+class _AdderBase(layers.Layer):
+    """Shared arguments and weights of AdderConv and AdderDense."""
+
+    def __init__(
+        self,
+        eta,
+        use_bias,
+        kernel_initializer,
+        bias_initializer,
+        kernel_regularizer,
+        bias_regularizer,
+        **kwargs,
+    ):
+        super().__init__(**kwargs)
+        if eta is not None and (
+            isinstance(eta, bool) or not isinstance(eta, (int, float)) or eta <= 0
+        ):
+            raise ValueError(
+                f"`eta` must be a positive number, or None to disable the adaptive "
+                f"learning rate. Received: eta={eta!r}"
+            )
+        self.eta = None if eta is None else float(eta)
+        self.use_bias = bool(use_bias)
+        self.kernel_initializer = keras.initializers.get(kernel_initializer)
+        self.bias_initializer = keras.initializers.get(bias_initializer)
+        self.kernel_regularizer = keras.regularizers.get(kernel_regularizer)
+        self.bias_regularizer = keras.regularizers.get(bias_regularizer)
+
+    def _build_weights(self, kernel_shape, units):
+        self.kernel = self.add_weight(
+            name="kernel",
+            shape=kernel_shape,
+            initializer=self.kernel_initializer,
+            regularizer=self.kernel_regularizer,
+        )
+        self.bias = None
+        if self.use_bias:
+            self.bias = self.add_weight(
+                name="bias",
+                shape=(units,),
+                initializer=self.bias_initializer,
+                regularizer=self.bias_regularizer,
+            )
+
+    def _kernel_for_call(self):
+        # ops.copy reads the variable into a tensor: custom gradients take tensors.
+        kernel = ops.copy(self.kernel)
+        if self.eta is not None:
+            kernel = adaptive_gradient_scale(kernel, self.eta)
+        return kernel
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            eta=self.eta,
+            use_bias=self.use_bias,
+            kernel_initializer=keras.initializers.serialize(self.kernel_initializer),
+            bias_initializer=keras.initializers.serialize(self.bias_initializer),
+            kernel_regularizer=keras.regularizers.serialize(self.kernel_regularizer),
+            bias_regularizer=keras.regularizers.serialize(self.bias_regularizer),
+        )
+        return config
+
+
+@keras.saving.register_keras_serializable(package="tfcompress")
+class AdderConv(_AdderBase):
+    """2D adder convolution: the negative L1 distance replaces cross-correlation.
+
+        Y[n, h, w, o] = -sum_{i, j, c} |X[n, h*s + i, w*s + j, c] - W[i, j, c, o]|
+
+    over the (zero-padded, for "same") receptive field. Training follows AdderNet:
+    the weight gradient is the full-precision `X - W`, the input gradient is
+    `HardTanh(W - X)`, and (unless `eta=None`) the layer's whole weight gradient is
+    rescaled to `eta * sqrt(k) / ||g||_2` with `k = kh*kw*C_in*filters` inside the
+    backward pass, so any optimizer and `model.fit` apply the paper's adaptive
+    learning rate unchanged. Outputs are <= 0 with a large variance: follow every
+    AdderConv by BatchNormalization, as the paper does.
+
+    Cost: `2 * kh*kw*C_in` additions (one subtraction, one accumulation) and no
+    multiplications per output element. Memory: the difference tensor is built one
+    kernel position and one chunk of output channels at a time (at most about
+    2**20 elements per sample), never the full (N, H, W, kh*kw*C_in, C_out)
+    tensor. Compiling the model with `jit_compile=True` fuses the chunks and is
+    several times faster on CPU.
+
+    Args:
+        filters: output channels.
+        kernel_size: int or 2-tuple.
+        strides: int or 2-tuple.
+        padding: "same" (zero padding, as TensorFlow pads) or "valid".
+        eta: AdderNet's eta for the adaptive learning rate (0.2 in the paper), or
+            None for the plain gradient.
+        use_bias: whether to add a bias (off by default, as in the paper).
+        kernel_initializer: defaults to N(0, 1), the reference code's init.
+        bias_initializer, kernel_regularizer, bias_regularizer: as in Conv2D.
+        **kwargs: standard Layer arguments.
+
+    Raises:
+        ValueError: for non-positive filters/kernel/strides, unknown padding or a
+            non-positive eta.
+
+    Example:
+        >>> layer = AdderConv(16, 3)
+        >>> layer(keras.ops.ones((2, 8, 8, 4))).shape
+        (2, 8, 8, 16)
+    """
+
+    def __init__(
+        self,
+        filters,
+        kernel_size,
+        strides=1,
+        padding="same",
+        eta=0.2,
+        use_bias=False,
+        kernel_initializer=None,
+        bias_initializer="zeros",
+        kernel_regularizer=None,
+        bias_regularizer=None,
+        **kwargs,
+    ):
+        if kernel_initializer is None:
+            kernel_initializer = keras.initializers.RandomNormal(stddev=1.0)
+        super().__init__(
+            eta,
+            use_bias,
+            kernel_initializer,
+            bias_initializer,
+            kernel_regularizer,
+            bias_regularizer,
+            **kwargs,
+        )
+        self.filters = check_positive_int("filters", filters)
+        self.kernel_size = normalize_tuple("kernel_size", kernel_size)
+        self.strides = normalize_tuple("strides", strides)
+        self.padding = check_padding(padding)
+
+    def build(self, input_shape):
+        if len(input_shape) != 4 or input_shape[-1] is None:
+            raise ValueError(
+                "AdderConv expects 4D (batch, height, width, channels) inputs with a "
+                f"known channel count. Received: input_shape={input_shape}"
+            )
+        if None in input_shape[1:3]:
+            raise ValueError(
+                "AdderConv needs a known spatial input size. "
+                f"Received: input_shape={input_shape}"
+            )
+        self._build_weights(self.kernel_size + (input_shape[-1], self.filters), self.filters)
+
+    def call(self, inputs):
+        kh, kw = self.kernel_size
+        sh, sw = self.strides
+        height, width = inputs.shape[1], inputs.shape[2]
+        if self.padding == "same":
+            pad_h, pad_w = same_pads(height, kh, sh), same_pads(width, kw, sw)
+            inputs = ops.pad(inputs, [[0, 0], list(pad_h), list(pad_w), [0, 0]])
+        out_h = output_length(height, kh, sh, self.padding)
+        out_w = output_length(width, kw, sw, self.padding)
+        kernel = self._kernel_for_call()
+        outputs = None
+        for i in range(kh):
+            for j in range(kw):
+                patch = inputs[
+                    :,
+                    i : i + sh * (out_h - 1) + 1 : sh,
+                    j : j + sw * (out_w - 1) + 1 : sw,
+                    :,
+                ]
+                part = adder_distance(patch, kernel[i, j], rows_per_sample=out_h * out_w)
+                outputs = part if outputs is None else outputs + part
+        if self.bias is not None:
+            outputs = outputs + self.bias
+        return outputs
+
+    def compute_output_shape(self, input_shape):
+        return (
+            input_shape[0],
+            output_length(input_shape[1], self.kernel_size[0], self.strides[0], self.padding),
+            output_length(input_shape[2], self.kernel_size[1], self.strides[1], self.padding),
+            self.filters,
+        )
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            filters=self.filters,
+            kernel_size=self.kernel_size,
+            strides=self.strides,
+            padding=self.padding,
+        )
+        return config
+
+
+@keras.saving.register_keras_serializable(package="tfcompress")
+class AdderDense(_AdderBase):
+    """Fully connected adder layer: `y[o] = -sum_i |x[i] - W[i, o]| (+ b[o])`.
+
+    Same training rules as AdderConv (full-precision weight gradient, HardTanh
+    input gradient, adaptive learning rate with `eta`).
+
+    Args:
+        units: output features.
+        eta: adaptive learning rate eta, or None.
+        use_bias: whether to add a bias (off by default).
+        kernel_initializer: defaults to N(0, 1).
+        bias_initializer, kernel_regularizer, bias_regularizer: as in Dense.
+        **kwargs: standard Layer arguments.
+
+    Raises:
+        ValueError: for non-positive units or eta.
+
+    Example:
+        >>> AdderDense(10)(keras.ops.ones((4, 64))).shape
+        (4, 10)
+    """
+
+    def __init__(
+        self,
+        units,
+        eta=0.2,
+        use_bias=False,
+        kernel_initializer=None,
+        bias_initializer="zeros",
+        kernel_regularizer=None,
+        bias_regularizer=None,
+        **kwargs,
+    ):
+        if kernel_initializer is None:
+            kernel_initializer = keras.initializers.RandomNormal(stddev=1.0)
+        super().__init__(
+            eta,
+            use_bias,
+            kernel_initializer,
+            bias_initializer,
+            kernel_regularizer,
+            bias_regularizer,
+            **kwargs,
+        )
+        self.units = check_positive_int("units", units)
+
+    def build(self, input_shape):
+        if input_shape[-1] is None:
+            raise ValueError(
+                f"AdderDense needs a known last dimension. Received: input_shape={input_shape}"
+            )
+        self._build_weights((input_shape[-1], self.units), self.units)
+
+    def call(self, inputs):
+        outputs = adder_distance(inputs, self._kernel_for_call())
+        if self.bias is not None:
+            outputs = outputs + self.bias
+        return outputs
+
+    def compute_output_shape(self, input_shape):
+        return tuple(input_shape[:-1]) + (self.units,)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(units=self.units)
+        return config

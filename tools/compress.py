@@ -1,0 +1,190 @@
+"""The main job: train a model, profile it, export it, and check the exported file.
+
+Stages today: train -> profile -> evaluate -> save `.keras` -> export float
+`.tflite` -> verify the `.tflite` against Keras with LiteRT -> report. Later
+stages (quantize, prune, cluster, code) plug into the same command.
+
+Usage:
+    python tools/compress.py                       # small_cnn on the shipped digits
+    python tools/compress.py --model=resnet20 --conv=adder --epochs=5
+    python tools/compress.py --model=lenet5 --dataset=mnist --data_dir=/path/to/npz
+"""
+
+import json
+import os
+import time
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+from absl import app, flags
+
+MODELS = ("small_cnn", "lenet_300_100", "lenet5", "ghostnet", "resnet20")
+CONVS = ("conv", "ghost", "shift", "adder", "binary")
+
+FLAGS = flags.FLAGS
+flags.DEFINE_enum("model", "small_cnn", MODELS, "Model to build and train.")
+flags.DEFINE_enum("conv", "conv", CONVS, "Convolution type of resnet20's blocks.")
+flags.DEFINE_string("dataset", "digits", "digits (shipped, offline), mnist or fashion_mnist.")
+flags.DEFINE_string("data_dir", None, "Folder with <dataset>.npz; default $TFCOMPRESS_DATA_DIR.")
+flags.DEFINE_integer("epochs", 10, "Training epochs.", lower_bound=0)
+flags.DEFINE_integer("batch_size", 64, "Training batch size.", lower_bound=1)
+flags.DEFINE_float("learning_rate", 1e-3, "Adam learning rate.", lower_bound=0.0)
+flags.DEFINE_float("width", 1.0, "Width multiplier of ghostnet.", lower_bound=0.0)
+flags.DEFINE_string("output_dir", "compress_out", "Where to write the results.")
+flags.DEFINE_integer("seed", 0, "Random seed.")
+flags.DEFINE_integer("verify_examples", 1000, "Test examples used to compare .tflite with Keras.")
+
+
+def build_model(name, input_shape, num_classes, conv="conv", width=1.0):
+    """Builds one of the reference models by name."""
+    from tfcompress import models
+
+    if name == "resnet20":
+        return models.resnet20(conv=conv, input_shape=input_shape, num_classes=num_classes)
+    if name == "ghostnet":
+        return models.ghostnet(width=width, input_shape=input_shape, num_classes=num_classes)
+    return getattr(models, name)(input_shape=input_shape, num_classes=num_classes)
+
+
+def plot_history(history, path):
+    """Writes the loss/accuracy curves to a PNG; returns False without matplotlib."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return False
+    fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(10, 4))
+    for key, ax in (("loss", ax_loss), ("accuracy", ax_acc)):
+        for prefix in ("", "val_"):
+            if prefix + key in history:
+                ax.plot(history[prefix + key], label=(prefix or "train_") + key)
+        ax.set_xlabel("epoch")
+        ax.set_title(key)
+        ax.legend()
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return True
+
+
+def write_atomic(path, data):
+    """Writes bytes or text to `path` via a temporary file, so no partial file is left."""
+    mode = "wb" if isinstance(data, bytes) else "w"
+    tmp = path + ".tmp"
+    try:
+        with open(tmp, mode) as f:
+            f.write(data)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def main(argv):
+    del argv
+    import keras
+
+    from tfcompress import datasets, export, profiling
+
+    keras.utils.set_random_seed(FLAGS.seed)
+    os.makedirs(FLAGS.output_dir, exist_ok=True)
+    stem = FLAGS.model + (f"_{FLAGS.conv}" if FLAGS.model == "resnet20" else "")
+
+    print(f"[1/6] data: {FLAGS.dataset}")
+    (x_train, y_train), (x_test, y_test) = datasets.load(FLAGS.dataset, data_dir=FLAGS.data_dir)
+    num_classes = int(max(y_train.max(), y_test.max())) + 1
+    print(f"      train {x_train.shape}, test {x_test.shape}, {num_classes} classes")
+
+    print(f"[2/6] model: {stem}")
+    model = build_model(FLAGS.model, x_train.shape[1:], num_classes, FLAGS.conv, FLAGS.width)
+    prof = profiling.profile(model)
+    print(profiling.format_profile(prof))
+
+    print(f"[3/6] train: {FLAGS.epochs} epochs")
+    model.compile(
+        optimizer=keras.optimizers.Adam(FLAGS.learning_rate),
+        loss="sparse_categorical_crossentropy",
+        metrics=["accuracy"],
+    )
+    start = time.perf_counter()
+    history = model.fit(
+        x_train, y_train,
+        batch_size=FLAGS.batch_size,
+        epochs=FLAGS.epochs,
+        validation_split=0.1,
+        verbose=2,
+    ).history
+    train_seconds = time.perf_counter() - start
+    test_loss, test_acc = model.evaluate(x_test, y_test, batch_size=256, verbose=0)
+    print(f"      test accuracy {test_acc:.4f} (loss {test_loss:.4f}) after {train_seconds:.1f} s")
+
+    print("[4/6] save .keras")
+    keras_path = os.path.join(FLAGS.output_dir, stem + ".keras")
+    tmp_keras = keras_path[: -len(".keras")] + ".partial.keras"
+    try:
+        model.save(tmp_keras)
+        os.replace(tmp_keras, keras_path)
+    finally:
+        if os.path.exists(tmp_keras):
+            os.remove(tmp_keras)
+
+    print("[5/6] export float .tflite")
+    tflite = export.to_tflite(model, mode="float32")
+    tflite_path = os.path.join(FLAGS.output_dir, stem + "_float.tflite")
+    write_atomic(tflite_path, tflite)
+
+    print("[6/6] verify .tflite against Keras with LiteRT")
+    check = export.verify(tflite, model, x_test[: FLAGS.verify_examples])
+    lite_probs, _ = export.run_tflite(tflite, x_test)
+    tflite_acc = float((lite_probs.argmax(-1) == y_test).mean())
+
+    plot_path = os.path.join(FLAGS.output_dir, stem + "_training.png")
+    plotted = plot_history(history, plot_path)
+    report = {
+        "model": stem,
+        "dataset": FLAGS.dataset,
+        "epochs": FLAGS.epochs,
+        "train_seconds": round(train_seconds, 2),
+        "keras_test_accuracy": float(test_acc),
+        "tflite_test_accuracy": tflite_acc,
+        "params": prof["total"]["params"],
+        "macs": prof["total"]["macs"],
+        "adds": prof["total"]["adds"],
+        "keras_bytes": os.path.getsize(keras_path),
+        "tflite_bytes": len(tflite),
+        "parity": check,
+        "files": {
+            "keras": keras_path,
+            "tflite": tflite_path,
+            "plot": plot_path if plotted else None,
+        },
+    }
+    write_atomic(os.path.join(FLAGS.output_dir, stem + "_report.json"),
+                 json.dumps(report, indent=2))
+
+    rows = [
+        ("model", stem),
+        ("parameters", f"{report['params']:,}"),
+        ("multiply-adds / example", f"{report['macs']:,}"),
+        ("additions / example", f"{report['adds']:,}"),
+        ("Keras test accuracy", f"{test_acc:.4f}"),
+        ("TFLite test accuracy", f"{tflite_acc:.4f}"),
+        ("TFLite vs Keras max |diff|", f"{check['max_abs_diff']:.2e}"),
+        ("TFLite vs Keras argmax agreement", f"{check['argmax_agreement']:.4f}"),
+        (".keras bytes", f"{report['keras_bytes']:,}"),
+        (".tflite bytes", f"{report['tflite_bytes']:,}"),
+    ]
+    width = max(len(k) for k, _ in rows)
+    print()
+    for key, value in rows:
+        print(f"  {key:<{width}}  {value}")
+    print(f"\nwrote {FLAGS.output_dir}/: {os.path.basename(keras_path)}, "
+          f"{os.path.basename(tflite_path)}, {stem}_report.json"
+          + (f", {os.path.basename(plot_path)}" if plotted else " (no matplotlib: no plot)"))
+
+
+if __name__ == "__main__":
+    app.run(main)
