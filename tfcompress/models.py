@@ -42,6 +42,7 @@ from tfcompress.layers import (
     ShiftConv,
     make_divisible,
 )
+from tfcompress.layers._utils import check_positive_int
 
 CONVS = ("conv", "ghost", "shift", "adder", "binary")
 LENET5_PADDINGS = ("auto", "valid", "same")
@@ -79,12 +80,6 @@ GHOSTNET_CONFIG = (
 
 
 # --------------------------------------------------------------------------- checks
-
-
-def _check_positive_int(name, value):
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
-        raise ValueError(f"`{name}` must be a positive integer. Received: {name}={value!r}")
-    return int(value)
 
 
 def _check_input_shape(input_shape, rank=3):
@@ -168,7 +163,7 @@ def lenet_300_100(input_shape=(28, 28, 1), num_classes=10, classifier_activation
         et al. 1998 for the architecture).
     """
     input_shape = _check_input_shape(input_shape, rank=None)
-    num_classes = _check_positive_int("num_classes", num_classes)
+    num_classes = check_positive_int("num_classes", num_classes)
     classifier_activation = _check_activation(classifier_activation)
     inputs = keras.Input(input_shape, name="input")
     x = layers.Flatten(name="flatten")(inputs)
@@ -231,7 +226,7 @@ def lenet5(
         Caffe's examples/mnist/lenet.prototxt (LeCun et al. 1998).
     """
     input_shape = _check_input_shape(input_shape)
-    num_classes = _check_positive_int("num_classes", num_classes)
+    num_classes = check_positive_int("num_classes", num_classes)
     classifier_activation = _check_activation(classifier_activation)
     if padding not in LENET5_PADDINGS:
         raise ValueError(
@@ -302,8 +297,8 @@ def small_cnn(input_shape=(28, 28, 1), num_classes=10, width=32, classifier_acti
         Normalization", ICML 2015, arXiv:1502.03167 (Conv-BN-ReLU blocks).
     """
     input_shape = _check_input_shape(input_shape)
-    num_classes = _check_positive_int("num_classes", num_classes)
-    width = _check_positive_int("width", width)
+    num_classes = check_positive_int("num_classes", num_classes)
+    width = check_positive_int("width", width)
     classifier_activation = _check_activation(classifier_activation)
     inputs = keras.Input(input_shape, name="input")
     x = inputs
@@ -390,7 +385,7 @@ def ghostnet(
     ):
         raise ValueError(f"`dropout` must be a number in [0, 1). Received: dropout={dropout!r}")
     input_shape = _check_input_shape(input_shape)
-    num_classes = _check_positive_int("num_classes", num_classes)
+    num_classes = check_positive_int("num_classes", num_classes)
     classifier_activation = _check_activation(classifier_activation)
     width = float(width)
 
@@ -519,8 +514,8 @@ def resnet20(
             f"Received: conv={conv!r}"
         )
     input_shape = _check_input_shape(input_shape)
-    num_classes = _check_positive_int("num_classes", num_classes)
-    width = _check_positive_int("width", width)
+    num_classes = check_positive_int("num_classes", num_classes)
+    width = check_positive_int("width", width)
     classifier_activation = _check_activation(classifier_activation)
     if conv == "shift" and width < 9:
         raise ValueError(

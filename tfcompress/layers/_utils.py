@@ -1,17 +1,18 @@
 """Argument validation and convolution geometry shared by the tfcompress layers."""
 
 import math
+import numbers
 
 PADDINGS = ("same", "valid")
 
 
 def check_positive_int(name, value):
-    """Returns `value` if it is a positive integer, else raises ValueError naming it."""
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+    """Returns `value` as an int if it is a positive integer, else raises ValueError."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
         raise ValueError(
             f"`{name}` must be a positive integer. Received: {name}={value!r}"
         )
-    return value
+    return int(value)
 
 
 def check_choice(name, value, allowed):

@@ -7,15 +7,10 @@ Multiplications in Deep Learning?", CVPR 2020, arXiv:1912.13200.
 import math
 
 import keras
-from keras import layers, ops
+from keras import ops
 
-from tfcompress.layers._utils import (
-    check_padding,
-    check_positive_int,
-    normalize_tuple,
-    output_length,
-    same_pads,
-)
+from tfcompress.layers._base import Conv2DGeometry, DenseGeometry, KernelLayer
+from tfcompress.layers._utils import output_length, same_pads
 
 # Largest number of elements of the (rows, C_in, C_out_chunk) difference tensor
 # built per sample and kernel position; bounds memory whatever the batch size.
@@ -122,20 +117,11 @@ def adaptive_gradient_scale(w, eta):
     return _scaled(w)
 
 
-class _AdderBase(layers.Layer):
-    """Shared arguments and weights of AdderConv and AdderDense."""
+class _AdderBase(KernelLayer):
+    """Shared `eta` handling of AdderConv and AdderDense."""
 
-    def __init__(
-        self,
-        eta,
-        use_bias,
-        kernel_initializer,
-        bias_initializer,
-        kernel_regularizer,
-        bias_regularizer,
-        **kwargs,
-    ):
-        super().__init__(**kwargs)
+    def __init__(self, eta, *args, **kwargs):
+        super().__init__(*args, **kwargs)
         if eta is not None and (
             isinstance(eta, bool) or not isinstance(eta, (int, float)) or eta <= 0
         ):
@@ -144,27 +130,6 @@ class _AdderBase(layers.Layer):
                 f"learning rate. Received: eta={eta!r}"
             )
         self.eta = None if eta is None else float(eta)
-        self.use_bias = bool(use_bias)
-        self.kernel_initializer = keras.initializers.get(kernel_initializer)
-        self.bias_initializer = keras.initializers.get(bias_initializer)
-        self.kernel_regularizer = keras.regularizers.get(kernel_regularizer)
-        self.bias_regularizer = keras.regularizers.get(bias_regularizer)
-
-    def _build_weights(self, kernel_shape, units):
-        self.kernel = self.add_weight(
-            name="kernel",
-            shape=kernel_shape,
-            initializer=self.kernel_initializer,
-            regularizer=self.kernel_regularizer,
-        )
-        self.bias = None
-        if self.use_bias:
-            self.bias = self.add_weight(
-                name="bias",
-                shape=(units,),
-                initializer=self.bias_initializer,
-                regularizer=self.bias_regularizer,
-            )
 
     def _kernel_for_call(self):
         # ops.copy reads the variable into a tensor: custom gradients take tensors.
@@ -175,19 +140,12 @@ class _AdderBase(layers.Layer):
 
     def get_config(self):
         config = super().get_config()
-        config.update(
-            eta=self.eta,
-            use_bias=self.use_bias,
-            kernel_initializer=keras.initializers.serialize(self.kernel_initializer),
-            bias_initializer=keras.initializers.serialize(self.bias_initializer),
-            kernel_regularizer=keras.regularizers.serialize(self.kernel_regularizer),
-            bias_regularizer=keras.regularizers.serialize(self.bias_regularizer),
-        )
+        config.update(eta=self.eta)
         return config
 
 
 @keras.saving.register_keras_serializable(package="tfcompress")
-class AdderConv(_AdderBase):
+class AdderConv(Conv2DGeometry, _AdderBase):
     """2D adder convolution: the negative L1 distance replaces cross-correlation.
 
         Y[n, h, w, o] = -sum_{i, j, c} |X[n, h*s + i, w*s + j, c] - W[i, j, c, o]|
@@ -254,23 +212,10 @@ class AdderConv(_AdderBase):
             bias_regularizer,
             **kwargs,
         )
-        self.filters = check_positive_int("filters", filters)
-        self.kernel_size = normalize_tuple("kernel_size", kernel_size)
-        self.strides = normalize_tuple("strides", strides)
-        self.padding = check_padding(padding)
+        self.init_geometry(filters, kernel_size, strides, padding)
 
     def build(self, input_shape):
-        if len(input_shape) != 4 or input_shape[-1] is None:
-            raise ValueError(
-                "AdderConv expects 4D (batch, height, width, channels) inputs with a "
-                f"known channel count. Received: input_shape={input_shape}"
-            )
-        if None in input_shape[1:3]:
-            raise ValueError(
-                "AdderConv needs a known spatial input size. "
-                f"Received: input_shape={input_shape}"
-            )
-        self._build_weights(self.kernel_size + (input_shape[-1], self.filters), self.filters)
+        self.add_kernel_and_bias(self.check_input_shape(input_shape, need_spatial=True))
 
     def call(self, inputs):
         kh, kw = self.kernel_size
@@ -293,31 +238,11 @@ class AdderConv(_AdderBase):
                 ]
                 part = adder_distance(patch, kernel[i, j], rows_per_sample=out_h * out_w)
                 outputs = part if outputs is None else outputs + part
-        if self.bias is not None:
-            outputs = outputs + self.bias
-        return outputs
-
-    def compute_output_shape(self, input_shape):
-        return (
-            input_shape[0],
-            output_length(input_shape[1], self.kernel_size[0], self.strides[0], self.padding),
-            output_length(input_shape[2], self.kernel_size[1], self.strides[1], self.padding),
-            self.filters,
-        )
-
-    def get_config(self):
-        config = super().get_config()
-        config.update(
-            filters=self.filters,
-            kernel_size=self.kernel_size,
-            strides=self.strides,
-            padding=self.padding,
-        )
-        return config
+        return self.add_bias(outputs)
 
 
 @keras.saving.register_keras_serializable(package="tfcompress")
-class AdderDense(_AdderBase):
+class AdderDense(DenseGeometry, _AdderBase):
     """Fully connected adder layer: `y[o] = -sum_i |x[i] - W[i, o]| (+ b[o])`.
 
     Same training rules as AdderConv (full-precision weight gradient, HardTanh
@@ -361,25 +286,10 @@ class AdderDense(_AdderBase):
             bias_regularizer,
             **kwargs,
         )
-        self.units = check_positive_int("units", units)
+        self.init_geometry(units)
 
     def build(self, input_shape):
-        if input_shape[-1] is None:
-            raise ValueError(
-                f"AdderDense needs a known last dimension. Received: input_shape={input_shape}"
-            )
-        self._build_weights((input_shape[-1], self.units), self.units)
+        self.add_kernel_and_bias(self.check_input_shape(input_shape))
 
     def call(self, inputs):
-        outputs = adder_distance(inputs, self._kernel_for_call())
-        if self.bias is not None:
-            outputs = outputs + self.bias
-        return outputs
-
-    def compute_output_shape(self, input_shape):
-        return tuple(input_shape[:-1]) + (self.units,)
-
-    def get_config(self):
-        config = super().get_config()
-        config.update(units=self.units)
-        return config
+        return self.add_bias(adder_distance(inputs, self._kernel_for_call()))

@@ -8,15 +8,10 @@ References:
 """
 
 import keras
-from keras import layers, ops
+from keras import ops
 
-from tfcompress.layers._utils import (
-    check_choice,
-    check_padding,
-    check_positive_int,
-    normalize_tuple,
-    output_length,
-)
+from tfcompress.layers._base import Conv2DGeometry, DenseGeometry, KernelLayer
+from tfcompress.layers._utils import check_choice
 
 STE_CHOICES = ("ste_sign", "approx_sign")
 SCALE_CHOICES = ("channel", "none")
@@ -94,47 +89,17 @@ class WeightClip(keras.constraints.Constraint):
         return {"clip_value": self.clip_value}
 
 
-class _BinaryBase(layers.Layer):
-    """Shared arguments, weights and quantizers of BinaryConv and BinaryDense."""
+class _BinaryBase(KernelLayer):
+    """Shared options and quantizers of BinaryConv and BinaryDense."""
 
-    def __init__(
-        self,
-        binarize_input,
-        scale,
-        ste,
-        use_bias,
-        kernel_initializer,
-        bias_initializer,
-        kernel_regularizer,
-        bias_regularizer,
-        **kwargs,
-    ):
-        super().__init__(**kwargs)
+    def __init__(self, binarize_input, scale, ste, *args, **kwargs):
+        super().__init__(*args, **kwargs)
         self.binarize_input = bool(binarize_input)
         self.scale = check_choice("scale", scale, SCALE_CHOICES)
         self.ste = check_choice("ste", ste, STE_CHOICES)
-        self.use_bias = bool(use_bias)
-        self.kernel_initializer = keras.initializers.get(kernel_initializer)
-        self.bias_initializer = keras.initializers.get(bias_initializer)
-        self.kernel_regularizer = keras.regularizers.get(kernel_regularizer)
-        self.bias_regularizer = keras.regularizers.get(bias_regularizer)
 
-    def _build_weights(self, kernel_shape, units):
-        self.kernel = self.add_weight(
-            name="kernel",
-            shape=kernel_shape,
-            initializer=self.kernel_initializer,
-            regularizer=self.kernel_regularizer,
-            constraint=WeightClip(1.0),
-        )
-        self.bias = None
-        if self.use_bias:
-            self.bias = self.add_weight(
-                name="bias",
-                shape=(units,),
-                initializer=self.bias_initializer,
-                regularizer=self.bias_regularizer,
-            )
+    def add_kernel_and_bias(self, kernel_shape, kernel_constraint=None):
+        super().add_kernel_and_bias(kernel_shape, kernel_constraint or WeightClip(1.0))
 
     def binary_kernel(self):
         """The kernel the layer computes with: `alpha * sign(W)` (or `sign(W)`).
@@ -159,17 +124,12 @@ class _BinaryBase(layers.Layer):
             binarize_input=self.binarize_input,
             scale=self.scale,
             ste=self.ste,
-            use_bias=self.use_bias,
-            kernel_initializer=keras.initializers.serialize(self.kernel_initializer),
-            bias_initializer=keras.initializers.serialize(self.bias_initializer),
-            kernel_regularizer=keras.regularizers.serialize(self.kernel_regularizer),
-            bias_regularizer=keras.regularizers.serialize(self.bias_regularizer),
         )
         return config
 
 
 @keras.saving.register_keras_serializable(package="tfcompress")
-class BinaryConv(_BinaryBase):
+class BinaryConv(Conv2DGeometry, _BinaryBase):
     """XNOR-Net convolution: binary weights with a per-channel scale, binary inputs.
 
         Y = conv(sign(X), alpha * sign(W)),   alpha_o = mean |W[..., o]|
@@ -231,18 +191,10 @@ class BinaryConv(_BinaryBase):
             bias_regularizer,
             **kwargs,
         )
-        self.filters = check_positive_int("filters", filters)
-        self.kernel_size = normalize_tuple("kernel_size", kernel_size)
-        self.strides = normalize_tuple("strides", strides)
-        self.padding = check_padding(padding)
+        self.init_geometry(filters, kernel_size, strides, padding)
 
     def build(self, input_shape):
-        if len(input_shape) != 4 or input_shape[-1] is None:
-            raise ValueError(
-                "BinaryConv expects 4D (batch, height, width, channels) inputs with "
-                f"a known channel count. Received: input_shape={input_shape}"
-            )
-        self._build_weights(self.kernel_size + (input_shape[-1], self.filters), self.filters)
+        self.add_kernel_and_bias(self.check_input_shape(input_shape))
 
     def call(self, inputs):
         outputs = ops.conv(
@@ -251,31 +203,11 @@ class BinaryConv(_BinaryBase):
             strides=self.strides,
             padding=self.padding,
         )
-        if self.bias is not None:
-            outputs = outputs + self.bias
-        return outputs
-
-    def compute_output_shape(self, input_shape):
-        return (
-            input_shape[0],
-            output_length(input_shape[1], self.kernel_size[0], self.strides[0], self.padding),
-            output_length(input_shape[2], self.kernel_size[1], self.strides[1], self.padding),
-            self.filters,
-        )
-
-    def get_config(self):
-        config = super().get_config()
-        config.update(
-            filters=self.filters,
-            kernel_size=self.kernel_size,
-            strides=self.strides,
-            padding=self.padding,
-        )
-        return config
+        return self.add_bias(outputs)
 
 
 @keras.saving.register_keras_serializable(package="tfcompress")
-class BinaryDense(_BinaryBase):
+class BinaryDense(DenseGeometry, _BinaryBase):
     """XNOR-Net fully connected layer: `y = sign(x) @ (alpha * sign(W))`.
 
     Same options and training rules as BinaryConv.
@@ -322,25 +254,11 @@ class BinaryDense(_BinaryBase):
             bias_regularizer,
             **kwargs,
         )
-        self.units = check_positive_int("units", units)
+        self.init_geometry(units)
 
     def build(self, input_shape):
-        if input_shape[-1] is None:
-            raise ValueError(
-                f"BinaryDense needs a known last dimension. Received: input_shape={input_shape}"
-            )
-        self._build_weights((input_shape[-1], self.units), self.units)
+        self.add_kernel_and_bias(self.check_input_shape(input_shape))
 
     def call(self, inputs):
         outputs = ops.matmul(self._binarize_inputs(inputs), self.binary_kernel())
-        if self.bias is not None:
-            outputs = outputs + self.bias
-        return outputs
-
-    def compute_output_shape(self, input_shape):
-        return tuple(input_shape[:-1]) + (self.units,)
-
-    def get_config(self):
-        config = super().get_config()
-        config.update(units=self.units)
-        return config
+        return self.add_bias(outputs)
