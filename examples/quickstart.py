@@ -38,7 +38,7 @@ def main():
         model.compile("adam", "sparse_categorical_crossentropy", metrics=["accuracy"])
         model.fit(x, y, epochs=15, batch_size=32, verbose=0)
         acc = model.evaluate(x_test, y_test, verbose=0)[1]
-        probs, _ = export.run_tflite(export.to_tflite(model), x_test)
+        probs, _ = export.run_tflite(export.to_tflite(model, mode="float32"), x_test)
         total = tfcompress.profile(model)["total"]
         print(f"{name:<12}{total['params']:>8,}{total['macs']:>10,}{total['adds']:>10,}"
               f"{acc:>10.3f}{(probs.argmax(-1) == y_test).mean():>12.3f}")

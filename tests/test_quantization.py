@@ -1,0 +1,306 @@
+"""QAT with BatchNorm folding, PTQ, and the integer-only export, checked with LiteRT."""
+
+import os
+import subprocess
+import sys
+
+import keras
+import numpy as np
+import pytest
+
+from tfcompress import datasets, export, models
+from tfcompress import layers as tl
+from tfcompress.lowering import lower_model
+from tfcompress.quantization import (
+    ActivationQuantizer,
+    QuantizeWrapper,
+    quantize_annotate_layer,
+    quantize_model,
+)
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+INTEGER_OPS = {
+    "CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED", "ADD", "MUL", "CONCATENATION",
+    "STRIDED_SLICE", "PAD", "MEAN", "MAX_POOL_2D", "SOFTMAX", "QUANTIZE", "RESHAPE",
+    "LOGISTIC", "SUB", "RELU", "RELU6",
+}
+
+
+def bn():
+    return keras.layers.BatchNormalization(momentum=0.5)
+
+
+def _qat_roundtrip(body, input_shape, steps=3, seed=0, per_channel=True):
+    """Builds Input -> body -> output, QAT-trains a few steps on random data,
+    exports int8 and returns (verify report, op names, qat model)."""
+    keras.utils.set_random_seed(seed)
+    rng = np.random.default_rng(seed)
+    inputs = keras.Input(input_shape)
+    model = keras.Model(inputs, body(inputs))
+    x = rng.normal(size=(64,) + input_shape).astype("float32")
+    qat = quantize_model(model, per_channel=per_channel)
+    target = qat.predict(x, verbose=0) + 0.1 * rng.normal(size=qat.output.shape[1:])
+    qat.compile(keras.optimizers.SGD(0.01), "mse")
+    qat.fit(x, target.astype("float32"), batch_size=16, epochs=steps, verbose=0)
+    tflite = export.to_tflite(qat)
+    ops = export.check_integer_only(tflite, qat)
+    held_out = rng.normal(size=(128,) + input_shape).astype("float32")
+    return export.verify(tflite, qat, held_out), ops, qat
+
+
+CASES = {
+    "conv": (lambda x: keras.layers.Conv2D(8, 3, padding="same")(x), (8, 8, 3)),
+    "conv_relu": (lambda x: keras.layers.Conv2D(8, 3, strides=2, activation="relu")(x), (9, 9, 3)),
+    "conv_bn": (lambda x: bn()(keras.layers.Conv2D(8, 3, padding="same")(x)), (8, 8, 3)),
+    "conv_bn_relu": (
+        lambda x: keras.layers.ReLU()(bn()(keras.layers.Conv2D(8, 3, use_bias=False)(x))),
+        (8, 8, 3),
+    ),
+    "depthwise": (lambda x: keras.layers.DepthwiseConv2D(3, padding="same")(x), (8, 8, 4)),
+    "depthwise_bn_relu6": (
+        lambda x: keras.layers.ReLU(6.0)(bn()(keras.layers.DepthwiseConv2D(
+            3, depth_multiplier=2, padding="same")(x))),
+        (8, 8, 4),
+    ),
+    "dense": (lambda x: keras.layers.Dense(6)(x), (12,)),
+    "dense_bn_relu": (
+        lambda x: keras.layers.Activation("relu")(bn()(keras.layers.Dense(6)(x))), (12,),
+    ),
+    "dense_softmax": (lambda x: keras.layers.Dense(6, activation="softmax")(x), (12,)),
+    "ghost_conv": (lambda x: tl.GhostConv(10, kernel_size=3, ratio=3, bn_momentum=0.5)(x),
+                   (8, 8, 4)),
+    "ghost_conv_linear": (lambda x: tl.GhostConv(8, relu=False, bn_momentum=0.5)(x),
+                          (8, 8, 4)),
+    "shift": (lambda x: tl.Shift(3)(keras.layers.Conv2D(9, 1)(x)), (6, 6, 3)),
+    "shift_conv_bn_relu": (
+        lambda x: keras.layers.ReLU()(bn()(tl.ShiftConv(8, strides=2)(x))), (8, 8, 9),
+    ),
+    "add_concat_pool": (
+        lambda x: keras.layers.GlobalAveragePooling2D()(keras.layers.Concatenate()([
+            keras.layers.Add()([keras.layers.Conv2D(4, 1)(x), keras.layers.Conv2D(4, 1)(x)]),
+            keras.layers.MaxPooling2D(1)(keras.layers.Conv2D(3, 1)(x)),
+        ])),
+        (6, 6, 3),
+    ),
+}
+
+
+@pytest.mark.parametrize("per_channel", [True, False], ids=["per_channel", "per_tensor"])
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_qat_export_matches_keras_within_one_step(case, per_channel):
+    body, shape = CASES[case]
+    report, ops, _ = _qat_roundtrip(body, shape, per_channel=per_channel)
+    assert set(ops) <= INTEGER_OPS, ops
+    assert report["within_1_step"] >= 0.999, report
+    assert report["max_diff_steps"] <= 1.0 + 1e-3, report
+
+
+def test_ghost_bottleneck_qat_export_close():
+    """Deeper composite (Ghost -> strided dw -> Ghost + projected shortcut): every op
+    integer; rounding differences of the int8 ADD/requantizations compound, so the
+    output agrees within 1 step on most elements and within a few everywhere."""
+    report, ops, _ = _qat_roundtrip(
+        lambda x: tl.GhostBottleneck(12, 8, strides=2, bn_momentum=0.5)(x), (8, 8, 4)
+    )
+    assert set(ops) <= INTEGER_OPS, ops
+    assert report["within_1_step"] >= 0.95, report
+    assert report["max_diff_steps"] <= 6, report
+
+
+def test_wrapper_matches_numpy_fold_then_quantize():
+    """Inference output of a folded Conv+BN+ReLU equals a NumPy twin: fold with the
+    moving statistics, symmetric per-channel int8 weights, float conv, ReLU,
+    asymmetric int8 output with the quantizer's range (TF FakeQuant nudging)."""
+    rng = np.random.default_rng(3)
+    inputs = keras.Input((5, 5, 2))
+    conv = keras.layers.Conv2D(3, 3, use_bias=True)
+    norm = keras.layers.BatchNormalization()
+    model = keras.Model(inputs, keras.layers.ReLU()(norm(conv(inputs))))
+    conv.set_weights([rng.normal(size=(3, 3, 2, 3)), rng.normal(size=3)])
+    norm.set_weights([rng.uniform(0.5, 2, 3), rng.normal(size=3), rng.normal(size=3),
+                      rng.uniform(0.5, 2, 3)])
+    qat = quantize_model(model)
+    wrapper = next(layer for layer in qat.layers if isinstance(layer, QuantizeWrapper))
+    wrapper.output_quantizer.range_min.assign(-0.5)
+    wrapper.output_quantizer.range_max.assign(7.3)
+    x = rng.normal(size=(2, 5, 5, 2)).astype("float32")
+    xq = qat.get_layer("quant_input")(x).numpy()  # default range [-6, 6]
+
+    gamma, beta, mean, var = (np.asarray(w) for w in norm.get_weights())
+    scale = gamma / np.sqrt(var + norm.epsilon)
+    w = conv.get_weights()[0] * scale
+    b = beta + (conv.get_weights()[1] - mean) * scale
+    s_w = np.abs(w).max(axis=(0, 1, 2)) / 127
+    wq = np.clip(np.round(w / s_w), -127, 127) * s_w
+    y = np.zeros((2, 3, 3, 3))
+    for i in range(3):
+        for j in range(3):
+            y[:, i, j] = np.einsum("nhwc,hwco->no", xq[:, i:i + 3, j:j + 3], wq)
+    y = np.maximum(y + b, 0)
+    s = (7.3 - -0.5) / 255
+    zero = np.round(0.5 / s)  # nudged zero point
+    lo, hi = -zero * s, (255 - zero) * s
+    expected = np.round((np.clip(y, lo, hi) - lo) / s) * s + lo
+    got = qat.predict(x, verbose=0)
+    np.testing.assert_allclose(got, expected, atol=1e-5)
+
+
+def test_batchnorm_folding_equals_conv_then_bn_in_float():
+    rng = np.random.default_rng(4)
+    for layer, shape in [
+        (keras.layers.Conv2D(5, 3, padding="same"), (6, 6, 3)),
+        (keras.layers.DepthwiseConv2D(3, depth_multiplier=2, padding="same"), (6, 6, 3)),
+        (keras.layers.Dense(5), (7,)),
+    ]:
+        inputs = keras.Input(shape)
+        norm = keras.layers.BatchNormalization()
+        model = keras.Model(inputs, norm(layer(inputs)))
+        channels = norm.gamma.shape[0]
+        norm.set_weights([rng.uniform(0.5, 2, channels), rng.normal(size=channels),
+                          rng.normal(size=channels), rng.uniform(0.2, 3, channels)])
+        wrapper = QuantizeWrapper(layer, batchnorm=norm)
+        kernel, bias = (np.asarray(t) for t in wrapper.folded_weights())
+        x = rng.normal(size=(4,) + shape).astype("float32")
+        folded = np.asarray(wrapper._op(x, kernel)) + bias
+        np.testing.assert_allclose(folded, model.predict(x, verbose=0), rtol=1e-5, atol=1e-5)
+
+
+def test_training_mode_uses_batch_statistics_and_updates_moving_ones():
+    rng = np.random.default_rng(5)
+    inputs = keras.Input((6,))
+    dense, norm = keras.layers.Dense(4, use_bias=False), keras.layers.BatchNormalization()
+    model = keras.Model(inputs, norm(dense(inputs)))
+    qat = quantize_model(model)
+    wrapper = next(layer for layer in qat.layers if isinstance(layer, QuantizeWrapper))
+    x = (3.0 + rng.normal(size=(256, 6))).astype("float32")
+    float_bn = model(x, training=True).numpy()  # conv-then-BN with batch statistics
+    before = np.asarray(wrapper.batchnorm.moving_mean).copy()
+    out = qat(x, training=True).numpy()
+    after = np.asarray(wrapper.batchnorm.moving_mean)
+    raw_mean = (x @ np.asarray(dense.kernel)).mean(axis=0)
+    m = wrapper.batchnorm.momentum
+    np.testing.assert_allclose(after, m * before + (1 - m) * raw_mean, rtol=1e-4, atol=1e-5)
+    # Equal to BN with batch statistics up to int8 weight/activation rounding.
+    assert np.abs(out - float_bn).max() < 0.1 * np.abs(float_bn).max()
+    assert np.corrcoef(out.ravel(), float_bn.ravel())[0, 1] > 0.999
+
+
+def test_per_tensor_annotation_gives_one_weight_scale():
+    from ai_edge_litert.interpreter import Interpreter
+
+    inputs = keras.Input((6, 6, 3))
+    per_tensor = keras.layers.Conv2D(4, 3, name="per_tensor")
+    per_channel = keras.layers.Conv2D(4, 3, name="per_channel")
+    model = keras.Model(inputs, per_channel(per_tensor(inputs)))
+    quantize_annotate_layer(per_tensor, "per_tensor")
+    qat = quantize_model(model)
+    qat.predict(np.random.default_rng(0).normal(size=(8, 6, 6, 3)), verbose=0)
+    details = Interpreter(model_content=export.to_tflite(qat)).get_tensor_details()
+    # Distinct weight scales of each conv kernel (the converter may store one
+    # per-tensor scale repeated per channel).
+    scales = {
+        d["name"]: len(set(d["quantization_parameters"]["scales"])) for d in details
+        if d["dtype"] == np.int8 and len(d["shape"]) == 4 and d["shape"][0] == 4
+    }
+    assert sorted(scales.values()) == [1, 4], scales
+
+
+def test_qat_model_saves_and_loads(tmp_path):
+    inputs = keras.Input((8, 8, 1))
+    x = keras.layers.ReLU()(bn()(keras.layers.Conv2D(4, 3)(inputs)))
+    x = tl.GhostConv(6, bn_momentum=0.5)(x)
+    model = keras.Model(inputs, keras.layers.Dense(3, activation="softmax")(
+        keras.layers.GlobalAveragePooling2D()(x)))
+    qat = quantize_model(model)
+    data = np.random.default_rng(1).normal(size=(16, 8, 8, 1)).astype("float32")
+    qat.compile("adam", "sparse_categorical_crossentropy")
+    qat.fit(data, np.arange(16) % 3, epochs=1, verbose=0)
+    path = tmp_path / "qat.keras"
+    qat.save(path)
+    loaded = keras.saving.load_model(path)
+    np.testing.assert_array_equal(loaded.predict(data, verbose=0), qat.predict(data, verbose=0))
+
+
+def test_ptq_keeps_argmax_on_held_out_digits():
+    keras.utils.set_random_seed(0)
+    (x, y), (xt, _) = datasets.load("digits")
+    model = models.small_cnn(input_shape=(8, 8, 1))
+    model.compile("adam", "sparse_categorical_crossentropy")
+    model.fit(x, y, epochs=6, batch_size=32, verbose=0)
+    tflite = export.to_tflite(model, representative_data=x[:200])
+    assert set(export.check_integer_only(tflite, model)) <= INTEGER_OPS
+    assert export.verify(tflite, model, xt)["argmax_agreement"] >= 0.99
+
+
+def test_lowering_is_exact_and_removes_composites():
+    model = models.resnet20(conv="ghost", input_shape=(8, 8, 1))
+    flat = lower_model(model)
+    kinds = {type(layer) for layer in flat.layers}
+    assert not kinds & {tl.GhostConv, tl.GhostBottleneck, tl.ShiftConv}
+    data = np.random.default_rng(2).normal(size=(4, 8, 8, 1)).astype("float32")
+    np.testing.assert_allclose(flat.predict(data, verbose=0), model.predict(data, verbose=0),
+                               atol=1e-6)
+
+
+def test_errors_name_the_problem():
+    inputs = keras.Input((8, 8, 2))
+    adder = keras.Model(inputs, tl.AdderConv(4, 3, name="my_adder")(inputs))
+    with pytest.raises(ValueError, match="my_adder.*AdderConv"):
+        quantize_model(adder)
+    with pytest.raises(ValueError, match="Not integer-only.*my_adder"):
+        export.to_tflite(adder, representative_data=np.ones((4, 8, 8, 2), "float32"))
+    plain = keras.Model(inputs, keras.layers.Conv2D(2, 3)(inputs))
+    with pytest.raises(ValueError, match="needs `representative_data`"):
+        export.to_tflite(plain)
+    with pytest.raises(ValueError, match=r"shape \(4, 8, 8\).*\(8, 8, 2\)"):
+        export.to_tflite(plain, representative_data=np.ones((4, 8, 8), "float32"))
+    with pytest.raises(ValueError, match="empty"):
+        export.to_tflite(plain, representative_data=np.ones((0, 8, 8, 2), "float32"))
+    with pytest.raises(ValueError, match="no defined input shape"):
+        export.to_tflite(keras.Sequential([keras.layers.Dense(2)]))
+    with pytest.raises(ValueError, match="subclassed"):
+        quantize_model(_Subclassed())
+    with pytest.raises(ValueError, match="scheme='int4'"):
+        quantize_annotate_layer(keras.layers.Dense(2), "int4")
+    with pytest.raises(ValueError, match="ema_decay=1.5"):
+        ActivationQuantizer(ema_decay=1.5)
+
+
+class _Subclassed(keras.Model):
+    def __init__(self):
+        super().__init__()
+        self.dense = keras.layers.Dense(2)
+
+    def call(self, x):
+        return self.dense(x)
+
+
+_STRATEGY_SCRIPT = r"""
+import numpy as np, tensorflow as tf, keras
+cpu = tf.config.list_physical_devices("CPU")[0]
+tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+from tfcompress.quantization import quantize_model, QuantizeWrapper
+strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+rng = np.random.default_rng(0)
+x = rng.normal(size=(64, 6, 6, 2)).astype("float32"); y = (np.arange(64) % 3)
+with strategy.scope():
+    inputs = keras.Input((6, 6, 2))
+    h = keras.layers.ReLU()(keras.layers.BatchNormalization()(keras.layers.Conv2D(4, 3)(inputs)))
+    out = keras.layers.Dense(3, activation="softmax")(keras.layers.Flatten()(h))
+    qat = quantize_model(keras.Model(inputs, out))
+    qat.compile("adam", "sparse_categorical_crossentropy")
+hist = qat.fit(x, y, batch_size=16, epochs=2, verbose=0).history["loss"]
+q = qat.get_layer("quant_input")
+print(strategy.num_replicas_in_sync, hist[-1], float(q.range_min.numpy()), float(q.range_max.numpy()))
+"""
+
+
+def test_qat_trains_under_mirrored_strategy():
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", PYTHONPATH=ROOT)
+    result = subprocess.run([sys.executable, "-c", _STRATEGY_SCRIPT], capture_output=True,
+                            text=True, env=env, timeout=300, check=False)
+    assert result.returncode == 0, result.stderr[-3000:]
+    replicas, loss, lo, hi = result.stdout.split()[-4:]
+    assert int(replicas) == 2
+    assert np.isfinite(float(loss))
+    assert float(lo) < -1.0 and float(hi) > 1.0  # ranges learned from N(0, 1) inputs

@@ -1,0 +1,617 @@
+"""Quantization-aware training (QAT) with BatchNorm folding, in TFLite's int8 scheme.
+
+The scheme is the one TFLite executes (Jacob et al., "Quantization and Training of
+Neural Networks for Efficient Integer-Arithmetic-Only Inference", CVPR 2018):
+
+* weights: symmetric int8 in [-127, 127], one scale per output channel
+  (`per_channel=True`) or per tensor, `s = max|w| / 127`;
+* activations: asymmetric int8, `x ~ s * (q - z)`, range from an exponential
+  moving average of the batch min/max seen in training (zero always inside);
+* bias: int32 at scale `s_in * s_w` (done by the converter).
+
+Fake quantization sits where TFLite quantizes: on the model input, on the folded
+weights, and after the fused conv + bias + activation (never between them), so
+the Keras QAT model and the exported file compute the same thing.
+
+BatchNorm folding (Jacob et al. sec. 3.2; Krishnamoorthi 2018, sec. 3.2.2): a
+Conv2D / DepthwiseConv2D / Dense followed by BatchNormalization trains as one
+layer whose weights are `w * gamma / sigma` (moving sigma) quantized, with the
+output corrected by `sigma / sigma_B` and the bias `beta - gamma * mu_B / sigma_B`
+while training, so the forward pass equals conv-then-BN with batch statistics;
+at inference it uses the moving statistics, exactly what is exported.
+
+Supported layers: Conv2D, DepthwiseConv2D, Dense (activation linear, relu,
+relu6, softmax or sigmoid), BatchNormalization (folded, or quantized on its
+own), Add, Subtract, Multiply, Average, Concatenate, GlobalAveragePooling,
+AveragePooling, standalone ReLU / Activation / Softmax, and the scale-preserving
+MaxPooling, Flatten, Reshape, Dropout, ZeroPadding, Cropping, Permute and
+`tfcompress.layers.Shift`. Functional and Sequential models only; subclassed
+models cannot be cloned by Keras and raise a ValueError.
+"""
+
+import weakref
+
+import keras
+from keras import layers, ops
+
+_WEIGHTED = (layers.Conv2D, layers.DepthwiseConv2D, layers.Dense)
+_FUSABLE_ACTIVATIONS = ("linear", "relu", "relu6", "softmax", "sigmoid")
+# Outputs TFLite gives a fixed int8 range: scale 1/256, zero point -128.
+_FIXED_RANGE_ACTIVATIONS = ("softmax", "sigmoid")
+_FIXED_RANGE = (0.0, 255.0 / 256.0)
+
+
+def _activation_name(activation):
+    if activation is None:
+        return "linear"
+    if isinstance(activation, str):
+        return activation
+    name = getattr(activation, "__name__", None)
+    return name or str(activation)
+
+
+def fake_quant_weights(kernel, per_channel=True, channel_axis=-1):
+    """Symmetric int8 fake quantization of a weight tensor, as TFLite stores it.
+
+        s_c = max |w_c| / 127,   w_q = s_c * clip(round(w / s_c), -127, 127)
+
+    Args:
+        kernel: weight tensor.
+        per_channel: one scale per slice along `channel_axis`, else one scale.
+        channel_axis: the output-channel axis.
+
+    Returns:
+        The fake-quantized kernel (float, on the int8 grid), with a
+        straight-through gradient.
+    """
+    if per_channel:
+        axes = [a for a in range(len(kernel.shape)) if a != channel_axis % len(kernel.shape)]
+        bound = ops.max(ops.abs(kernel), axis=axes)
+    else:
+        bound = ops.max(ops.abs(kernel))
+    bound = ops.maximum(bound, 1e-8)
+    return keras.quantizers.fake_quant_with_min_max_vars(
+        kernel,
+        -bound,
+        bound,
+        num_bits=8,
+        narrow_range=True,
+        axis=channel_axis if per_channel else None,
+    )
+
+
+@keras.saving.register_keras_serializable(package="tfcompress")
+class ActivationQuantizer(layers.Layer):
+    """Asymmetric int8 fake quantization with a moving-average range.
+
+    In training the range follows `r <- decay * r + (1 - decay) * r_batch` (the
+    first batch sets it), always widened to contain 0 so that zero is exact.
+    `fixed_range=(lo, hi)` pins the range (softmax/sigmoid outputs, which TFLite
+    quantizes with scale 1/256 and zero point -128).
+
+    Args:
+        ema_decay: decay of the moving average, in [0, 1).
+        fixed_range: None or a (min, max) pair with min <= 0 <= max.
+        **kwargs: standard Layer arguments.
+
+    Raises:
+        ValueError: for a decay outside [0, 1) or an invalid fixed range.
+    """
+
+    def __init__(self, ema_decay=0.99, fixed_range=None, **kwargs):
+        super().__init__(**kwargs)
+        if not isinstance(ema_decay, (int, float)) or not 0.0 <= ema_decay < 1.0:
+            raise ValueError(f"`ema_decay` must be in [0, 1). Received: ema_decay={ema_decay!r}")
+        if fixed_range is not None:
+            lo, hi = (float(v) for v in fixed_range)
+            if not lo <= 0.0 <= hi or lo == hi:
+                raise ValueError(
+                    "`fixed_range` must be (min, max) with min <= 0 <= max. "
+                    f"Received: fixed_range={fixed_range!r}"
+                )
+            fixed_range = (lo, hi)
+        self.ema_decay = float(ema_decay)
+        self.fixed_range = fixed_range
+
+    def build(self, input_shape):
+        lo, hi = self.fixed_range or (-6.0, 6.0)
+        self.range_min = self.add_weight(
+            name="range_min", shape=(), initializer=keras.initializers.Constant(lo),
+            trainable=False,
+        )
+        self.range_max = self.add_weight(
+            name="range_max", shape=(), initializer=keras.initializers.Constant(hi),
+            trainable=False,
+        )
+        self.initialized = self.add_weight(
+            name="initialized", shape=(),
+            initializer=keras.initializers.Constant(1.0 if self.fixed_range else 0.0),
+            trainable=False,
+        )
+
+    def call(self, inputs, training=None):
+        if training and self.fixed_range is None:
+            batch_min = ops.minimum(ops.min(inputs), 0.0)
+            batch_max = ops.maximum(ops.max(inputs), 0.0)
+            seen = self.initialized > 0.0
+            d = self.ema_decay
+            self.range_min.assign(
+                ops.where(seen, d * self.range_min + (1.0 - d) * batch_min, batch_min)
+            )
+            self.range_max.assign(
+                ops.where(seen, d * self.range_max + (1.0 - d) * batch_max, batch_max)
+            )
+            self.initialized.assign(1.0)
+        lo = ops.minimum(self.range_min, 0.0)
+        hi = ops.maximum(self.range_max, lo + 1e-6)
+        return keras.quantizers.fake_quant_with_min_max_vars(inputs, lo, hi, num_bits=8)
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(ema_decay=self.ema_decay, fixed_range=self.fixed_range)
+        return config
+
+
+@keras.saving.register_keras_serializable(package="tfcompress")
+class QuantizeWrapper(layers.Layer):
+    """A Conv2D / DepthwiseConv2D / Dense with folded BatchNorm, activation and int8 fake quant.
+
+    Computes `Q_a(act(op(x, Q_w(w_fold)) + b_fold))`, where `op` is the wrapped
+    layer's operation, `Q_w` symmetric int8 (per output channel or per tensor),
+    `Q_a` an `ActivationQuantizer`, and, with a `batchnorm`,
+    `w_fold = w * gamma / sqrt(var + eps)`. See the module docstring for the
+    training-time correction. softmax/sigmoid activations quantize the logits
+    first, then the output with TFLite's fixed range.
+
+    Args:
+        layer: the Conv2D, DepthwiseConv2D or Dense layer (or its serialized config).
+        batchnorm: a BatchNormalization following it (or config), or None.
+        activation: "linear", "relu", "relu6", "softmax" or "sigmoid", applied
+            after the folded BN (the wrapped layer's own activation must be linear
+            when a batchnorm is given).
+        per_channel: per-output-channel weight scales (else per tensor). Dense
+            layers always use one scale: TFLite's FULLY_CONNECTED kernels do.
+        ema_decay: decay of the output range's moving average.
+        quantize_output: False when the output feeds only a concatenation, which
+            quantizes it (TFLite gives concatenation inputs the output's scale).
+        **kwargs: standard Layer arguments.
+
+    Raises:
+        ValueError: for an unsupported layer type or activation.
+    """
+
+    def __init__(
+        self, layer, batchnorm=None, activation="linear", per_channel=True, ema_decay=0.99,
+        quantize_output=True, **kwargs,
+    ):
+        super().__init__(**kwargs)
+        if isinstance(layer, dict):
+            layer = keras.saving.deserialize_keras_object(layer)
+        if isinstance(batchnorm, dict):
+            batchnorm = keras.saving.deserialize_keras_object(batchnorm)
+        if not isinstance(layer, _WEIGHTED):
+            raise ValueError(  # noqa: TRY004 (Keras raises ValueError for bad arguments)
+                "QuantizeWrapper wraps Conv2D, DepthwiseConv2D or Dense. "
+                f"Received: layer={layer!r}"
+            )
+        inner_activation = _activation_name(layer.activation)
+        if batchnorm is not None and inner_activation != "linear":
+            raise ValueError(
+                f"Cannot fold {batchnorm.name!r} after {layer.name!r}: the layer already "
+                f"applies activation={inner_activation!r} before the BatchNormalization."
+            )
+        if activation == "linear":
+            activation = inner_activation
+        if activation not in _FUSABLE_ACTIVATIONS:
+            raise ValueError(
+                f"Unsupported activation {activation!r} in {layer.name!r}; supported: "
+                f"{', '.join(_FUSABLE_ACTIVATIONS)}."
+            )
+        if getattr(layer, "data_format", "channels_last") != "channels_last":
+            raise ValueError(f"{layer.name!r}: only data_format='channels_last' is supported.")
+        self.layer = layer
+        self.batchnorm = batchnorm
+        self.activation = activation
+        self.per_channel = bool(per_channel)
+        self.ema_decay = float(ema_decay)
+        self.quantize_output = bool(quantize_output)
+        fixed = activation in _FIXED_RANGE_ACTIVATIONS
+        self.output_quantizer = ActivationQuantizer(
+            ema_decay, fixed_range=_FIXED_RANGE if fixed else None, name="output_quantizer"
+        )
+        self.logits_quantizer = (
+            ActivationQuantizer(ema_decay, name="logits_quantizer") if fixed else None
+        )
+
+    def build(self, input_shape):
+        if not self.layer.built:
+            self.layer.build(input_shape)
+        out_shape = self.layer.compute_output_shape(input_shape)
+        if self.batchnorm is not None and not self.batchnorm.built:
+            self.batchnorm.build(out_shape)
+        self.output_quantizer.build(out_shape)
+        if self.logits_quantizer is not None:
+            self.logits_quantizer.build(out_shape)
+
+    # -- the wrapped operation, with any kernel
+    def _op(self, x, kernel):
+        layer = self.layer
+        if isinstance(layer, layers.Dense):
+            return ops.matmul(x, kernel)
+        if isinstance(layer, layers.DepthwiseConv2D):
+            return ops.depthwise_conv(
+                x, kernel, strides=layer.strides, padding=layer.padding,
+                dilation_rate=layer.dilation_rate,
+            )
+        return ops.conv(
+            x, kernel, strides=layer.strides, padding=layer.padding,
+            dilation_rate=layer.dilation_rate,
+        )
+
+    def _per_output(self, values):
+        """Reshapes a per-output-channel vector to broadcast against the kernel."""
+        if isinstance(self.layer, layers.DepthwiseConv2D):
+            _, _, cin, mult = self.layer.kernel.shape
+            return ops.reshape(values, (1, 1, cin, mult))
+        return values
+
+    def _quantized_kernel(self, kernel):
+        if isinstance(self.layer, layers.DepthwiseConv2D):
+            # TFLite's depthwise output channel is c * multiplier + m.
+            kh, kw, cin, mult = kernel.shape
+            flat = ops.reshape(kernel, (kh, kw, 1, cin * mult))
+            return ops.reshape(fake_quant_weights(flat, self.per_channel), (kh, kw, cin, mult))
+        # TFLite's FULLY_CONNECTED takes one weight scale (per-tensor), as in its PTQ.
+        per_channel = self.per_channel and not isinstance(self.layer, layers.Dense)
+        return fake_quant_weights(kernel, per_channel)
+
+    def _gamma_beta(self):
+        bn = self.batchnorm
+        gamma = bn.gamma if bn.scale else ops.ones_like(bn.moving_mean)
+        beta = bn.beta if bn.center else ops.zeros_like(bn.moving_mean)
+        return gamma, beta
+
+    def folded_weights(self):
+        """(kernel, bias) with the BatchNorm folded in, moving statistics, unquantized.
+
+            w_fold = w * gamma / sigma,   b_fold = beta + (b - mu) * gamma / sigma,
+            sigma = sqrt(moving_variance + epsilon)
+
+        so that `op(x, w_fold) + b_fold == BN(op(x, w) + b)` at inference.
+        """
+        layer, bn = self.layer, self.batchnorm
+        kernel = ops.convert_to_tensor(layer.kernel)
+        bias = layer.bias if layer.use_bias else ops.zeros((self.output_channels,))
+        if bn is None:
+            return kernel, bias
+        gamma, beta = self._gamma_beta()
+        scale = gamma / ops.sqrt(bn.moving_variance + bn.epsilon)
+        return kernel * self._per_output(scale), beta + (bias - bn.moving_mean) * scale
+
+    @property
+    def output_channels(self):
+        shape = self.layer.kernel.shape
+        if isinstance(self.layer, layers.DepthwiseConv2D):
+            return shape[2] * shape[3]
+        return shape[-1]
+
+    def call(self, inputs, training=None):
+        layer, bn = self.layer, self.batchnorm
+        folded, folded_bias = self.folded_weights()
+        outputs = self._op(inputs, self._quantized_kernel(folded))
+        if bn is None or not training:
+            outputs = outputs + folded_bias
+        else:
+            kernel = ops.convert_to_tensor(layer.kernel)
+            bias = layer.bias if layer.use_bias else 0.0
+            gamma, beta = self._gamma_beta()
+            sigma = ops.sqrt(bn.moving_variance + bn.epsilon)
+            # Batch statistics from a float pass; BN's moving statistics update.
+            raw = self._op(inputs, kernel) + bias
+            axes = list(range(len(raw.shape) - 1))
+            mean_b, var_b = ops.moments(raw, axes=axes)
+            m = bn.momentum
+            bn.moving_mean.assign(m * bn.moving_mean + (1.0 - m) * mean_b)
+            bn.moving_variance.assign(m * bn.moving_variance + (1.0 - m) * var_b)
+            sigma_b = ops.sqrt(var_b + bn.epsilon)
+            outputs = outputs * ops.stop_gradient(sigma / sigma_b)
+            outputs = outputs + beta + (bias - mean_b) * gamma / sigma_b
+        act = self.activation
+        if act == "relu":
+            outputs = ops.relu(outputs)
+        elif act == "relu6":
+            outputs = ops.relu6(outputs)
+        elif act in _FIXED_RANGE_ACTIVATIONS:
+            outputs = self.logits_quantizer(outputs, training=training)
+            outputs = ops.softmax(outputs, axis=-1) if act == "softmax" else ops.sigmoid(outputs)
+        if not self.quantize_output:
+            return outputs
+        return self.output_quantizer(outputs, training=training)
+
+    def compute_output_shape(self, input_shape):
+        return self.layer.compute_output_shape(input_shape)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            layer=keras.saving.serialize_keras_object(self.layer),
+            batchnorm=(
+                None if self.batchnorm is None
+                else keras.saving.serialize_keras_object(self.batchnorm)
+            ),
+            activation=self.activation,
+            per_channel=self.per_channel,
+            ema_decay=self.ema_decay,
+            quantize_output=self.quantize_output,
+        )
+        return config
+
+
+# --------------------------------------------------------------------------- annotation
+
+_ANNOTATIONS = weakref.WeakKeyDictionary()
+QUANTIZE_CHOICES = ("per_channel", "per_tensor", "float")
+
+
+def quantize_annotate_layer(layer, scheme="per_channel"):
+    """Chooses how `quantize_model` treats one layer.
+
+    Args:
+        layer: a layer of the model that will be passed to `quantize_model`.
+        scheme: "per_channel" or "per_tensor" weight scales, or "float" to keep
+            the layer unquantized (its inputs/outputs then stay float, which an
+            integer-only export reports as an error naming the layer).
+
+    Returns:
+        The same layer, annotated.
+
+    Raises:
+        ValueError: for an unknown scheme.
+    """
+    if scheme not in QUANTIZE_CHOICES:
+        raise ValueError(
+            f"`scheme` must be one of {', '.join(repr(c) for c in QUANTIZE_CHOICES)}. "
+            f"Received: scheme={scheme!r}"
+        )
+    _ANNOTATIONS[layer] = scheme
+    return layer
+
+
+# --------------------------------------------------------------------------- model
+
+_QUANTIZE_OUTPUT = (
+    layers.Add, layers.Subtract, layers.Multiply, layers.Average, layers.Concatenate,
+    layers.GlobalAveragePooling1D, layers.GlobalAveragePooling2D,
+    layers.AveragePooling1D, layers.AveragePooling2D, layers.BatchNormalization,
+    layers.ReLU, layers.Activation, layers.Softmax,
+)
+_PASS_THROUGH = (
+    layers.MaxPooling1D, layers.MaxPooling2D, layers.GlobalMaxPooling2D, layers.Flatten,
+    layers.Reshape, layers.Dropout, layers.ZeroPadding2D, layers.Cropping2D,
+    layers.Permute, layers.Identity, layers.InputLayer,
+)
+
+
+def _layer_types():
+    """(pass-through types, quantize-output types), including tfcompress layers."""
+    from tfcompress.layers import Shift
+    from tfcompress.lowering import ChannelSlice, HardSigmoid
+
+    return _PASS_THROUGH + (Shift, ChannelSlice), _QUANTIZE_OUTPUT + (HardSigmoid,)
+
+
+def _single_input(layer):
+    try:
+        inputs = layer.input
+    except (AttributeError, ValueError):
+        return None
+    return inputs if not isinstance(inputs, (list, tuple)) else None
+
+
+def _consumers(model):
+    """Maps id(output KerasTensor) -> list of layers consuming it (single-call layers)."""
+    consumers = {}
+    for layer in model.layers:
+        try:
+            inputs = layer.input
+        except (AttributeError, ValueError):
+            continue
+        for tensor in keras.tree.flatten(inputs):
+            consumers.setdefault(id(tensor), []).append(layer)
+    return consumers
+
+
+def _activation_of(layer):
+    """Activation name a standalone activation layer applies, or None."""
+    if isinstance(layer, layers.ReLU):
+        cfg = layer.get_config()
+        if cfg.get("negative_slope", 0.0) == 0.0 and cfg.get("threshold", 0.0) == 0.0:
+            if cfg.get("max_value") is None:
+                return "relu"
+            if float(cfg["max_value"]) == 6.0:
+                return "relu6"
+        return None
+    if isinstance(layer, layers.Activation):
+        name = _activation_name(layer.activation)
+        return name if name in ("relu", "relu6", "softmax", "sigmoid") else None
+    if isinstance(layer, layers.Softmax):
+        return "softmax" if layer.axis in (-1, [-1]) else None
+    return None
+
+
+def _plan_fusions(model, fold_batchnorm, schemes):
+    """Finds weighted layer -> [BatchNormalization] -> [activation] chains to fuse.
+
+    Returns:
+        (plan, absorbed, concat_fed): plan maps a weighted layer's name to its
+        (batchnorm, activation, quantize_output); absorbed names the BN and
+        activation layers merged into it; concat_fed names the layers whose only
+        consumer is a Concatenate. TFLite gives a concatenation's inputs the
+        output's scale, so such a tensor is quantized once, by the concatenation,
+        not twice.
+    """
+    consumers = _consumers(model)
+    plan, absorbed, concat_fed = {}, set(), set()
+
+    def sole_consumer(layer):
+        try:
+            out = layer.output
+        except (AttributeError, ValueError):
+            return None
+        users = consumers.get(id(out), [])
+        outputs = {id(t) for t in keras.tree.flatten(model.outputs)}
+        return users[0] if len(users) == 1 and id(out) not in outputs else None
+
+    for layer in model.layers:
+        if isinstance(sole_consumer(layer), layers.Concatenate):
+            concat_fed.add(layer.name)
+    for layer in model.layers:
+        if not isinstance(layer, _WEIGHTED) or schemes.get(layer.name) == "float":
+            continue
+        if _single_input(layer) is None:
+            continue
+        bn, act, tail = None, "linear", layer
+        if _activation_name(layer.activation) == "linear":
+            nxt = sole_consumer(tail)
+            if fold_batchnorm and isinstance(nxt, layers.BatchNormalization) and (
+                nxt.axis in (-1, [-1], len(layer.output.shape) - 1)
+            ):
+                bn, tail = nxt, nxt
+                nxt = sole_consumer(tail)
+            if nxt is not None and _activation_of(nxt) is not None:
+                act, tail = _activation_of(nxt), nxt
+        plan[layer.name] = (bn, act, tail.name not in concat_fed)
+        absorbed.update(x.name for x in (bn, tail) if x is not None and x is not layer)
+    return plan, absorbed, concat_fed
+
+
+def _copy_weights(source, target):
+    target.set_weights(source.get_weights())
+
+
+def quantize_model(model, per_channel=True, fold_batchnorm=True, ema_decay=0.99):
+    """Returns a trainable quantization-aware copy of a functional/Sequential model.
+
+    The copy has int8 fake quantization on its input, on every weighted layer's
+    (BatchNorm-folded) weights and after every fused conv + bias + activation,
+    add, concat, pooling, ... exactly where an integer-only TFLite file quantizes.
+    It trains with `model.fit` (and under `tf.distribute` strategies), saves to
+    `.keras`, and `tfcompress.export.to_tflite(qat_model, mode="int8")` turns it
+    into the int8 file using the learned ranges. The original model is unchanged.
+
+    Args:
+        model: a built functional or Sequential `keras.Model`.
+        per_channel: per-output-channel weight scales (TFLite's default) or per tensor;
+            `quantize_annotate_layer` overrides it per layer.
+        fold_batchnorm: fold BatchNormalization into the preceding weighted layer.
+        ema_decay: decay of the activation ranges' moving averages.
+
+    Returns:
+        A new `keras.Model` (uncompiled) whose weights start equal to `model`'s.
+
+    Raises:
+        ValueError: for a subclassed or unbuilt model, or a layer that cannot be
+            quantized (named, with the supported list).
+
+    Example:
+        >>> qat = quantize_model(model)
+        >>> qat.compile("adam", "sparse_categorical_crossentropy")
+        >>> qat.fit(x, y, epochs=1)
+        >>> tflite = tfcompress.export.to_tflite(qat, mode="int8")
+    """
+    if isinstance(model, keras.Sequential):
+        if not model.built or not model.inputs:
+            raise ValueError(
+                f"Model {model.name!r} has no defined input shape: build it with "
+                "`keras.Input(shape=...)` before quantize_model."
+            )
+        model = keras.Model(model.inputs, model.outputs, name=model.name)
+    if not hasattr(model, "_run_through_graph") or not model.inputs:
+        raise ValueError(
+            f"quantize_model needs a functional or Sequential model; {model.name!r} is "
+            f"a subclassed {type(model).__name__}, which Keras cannot clone. Rebuild it "
+            "with the functional API."
+        )
+    from tfcompress.lowering import lower_model
+
+    # Annotations are looked up by name: lowering clones the layers.
+    schemes = {layer.name: _ANNOTATIONS[layer] for layer in model.layers if layer in _ANNOTATIONS}
+    model = lower_model(model)
+    if len(model.inputs) != 1:
+        raise ValueError(
+            f"quantize_model supports one model input; {model.name!r} has {len(model.inputs)}."
+        )
+    plan, absorbed, concat_fed = _plan_fusions(model, fold_batchnorm, schemes)
+    pass_through, output_types = _layer_types()
+    originals = {layer.name: layer for layer in model.layers}
+
+    def clone(layer):
+        if isinstance(layer, keras.Model):
+            raise ValueError(  # noqa: TRY004
+                f"Nested model {layer.name!r}: flatten it into the outer functional "
+                "model before quantize_model."
+            )
+        return layer.__class__.from_config(layer.get_config())
+
+    def call(new_layer, *args, **kwargs):
+        name = new_layer.name
+        original = originals[name]
+        scheme = schemes.get(name)
+        if name in absorbed:
+            return args[0]
+        if name in plan:
+            bn, act, quantize_output = plan[name]
+            wrapper = QuantizeWrapper(
+                clone(original),
+                batchnorm=None if bn is None else clone(bn),
+                activation=act,
+                quantize_output=quantize_output,
+                per_channel=per_channel if scheme is None else scheme == "per_channel",
+                ema_decay=ema_decay,
+                name=f"quant_{name}",
+            )
+            out = wrapper(*args, **kwargs)
+            _copy_weights(original, wrapper.layer)
+            if bn is not None:
+                _copy_weights(bn, wrapper.batchnorm)
+            return out
+        out = new_layer(*args, **kwargs)
+        _copy_weights(original, new_layer)
+        if scheme == "float" or isinstance(original, pass_through) or name in concat_fed:
+            return out
+        if isinstance(original, output_types):
+            act = _activation_of(original)
+            fixed = _FIXED_RANGE if act in _FIXED_RANGE_ACTIVATIONS else None
+            return ActivationQuantizer(ema_decay, fixed_range=fixed, name=f"quant_{name}")(out)
+        supported = ", ".join(
+            sorted({t.__name__ for t in _WEIGHTED + output_types + pass_through})
+        )
+        raise ValueError(
+            f"Cannot quantize layer {name!r} of type {type(original).__name__}. "
+            f"Supported: {supported}. Keep it float with "
+            "quantize_annotate_layer(layer, 'float') or replace it."
+        )
+
+    inputs = keras.Input(batch_shape=model.inputs[0].shape, name=model.inputs[0].name)
+    quantized = []  # the model input, fake-quantized once for all its consumers
+
+    def quantize_inputs(tensor):
+        if tensor is not inputs:
+            return tensor
+        if not quantized:
+            quantized.append(ActivationQuantizer(ema_decay, name="quant_input")(inputs))
+        return quantized[0]
+
+    def call_on_quantized_inputs(new_layer, *args, **kwargs):
+        args = keras.tree.map_structure(quantize_inputs, args)
+        return call(new_layer, *args, **kwargs)
+
+    qat = keras.models.clone_model(
+        model, input_tensors=inputs, clone_function=clone,
+        call_function=call_on_quantized_inputs,
+    )
+    outputs = qat.outputs[0] if len(qat.outputs) == 1 else qat.outputs
+    return keras.Model(inputs, outputs, name=f"{model.name}_qat")
