@@ -35,6 +35,13 @@ def test_compress_trains_profiles_exports_and_verifies(tmp_path):
     assert report["tflite_bytes"] == os.path.getsize(report["files"]["tflite"])
     assert "TFLite test accuracy" in result.stdout
     assert not list(tmp_path.glob("*.tmp")) and not list(tmp_path.glob("*.partial.keras"))
+    # Default int8 stage: QAT, integer-only file, equal to the QAT Keras model.
+    int8 = report["int8"]
+    assert int8["mode"] == "qat"
+    assert int8["parity"]["within_1_step"] >= 0.999
+    assert int8["test_accuracy"] > report["keras_test_accuracy"] - 0.05
+    assert int8["bytes"] < 0.5 * report["tflite_bytes"]
+    assert (tmp_path / "small_cnn_qat.keras").exists()
 
     # The saved .keras loads with plain Keras and predicts like the .tflite.
     import keras
@@ -48,14 +55,30 @@ def test_compress_trains_profiles_exports_and_verifies(tmp_path):
     np.testing.assert_allclose(lite, model.predict(x_test[:50], verbose=0), atol=1e-4)
 
 
-@pytest.mark.parametrize("conv", ["adder", "binary"])
+@pytest.mark.parametrize("conv", ["adder", "binary"])  # no int8 lowering for these yet
 def test_compress_resnet20_variants(conv, tmp_path):
-    result = _run(["--model=resnet20", f"--conv={conv}", "--epochs=1"], tmp_path)
+    result = _run(["--model=resnet20", f"--conv={conv}", "--epochs=1", "--quantize=none"],
+                  tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     report = json.loads((tmp_path / f"resnet20_{conv}_report.json").read_text())
     assert report["parity"]["argmax_agreement"] >= 0.99
     if conv == "adder":
         assert report["adds"] > 0
+
+
+def test_compress_ptq_on_ghost_resnet(tmp_path):
+    result = _run(["--model=resnet20", "--conv=ghost", "--epochs=1", "--quantize=ptq"],
+                  tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads((tmp_path / "resnet20_ghost_report.json").read_text())
+    assert report["int8"]["mode"] == "ptq"
+    assert report["int8"]["parity"]["argmax_agreement"] >= 0.9
+
+
+def test_compress_int8_failure_is_reported(tmp_path):
+    result = _run(["--model=resnet20", "--conv=adder", "--epochs=0"], tmp_path)
+    assert result.returncode != 0
+    assert "int8 stage failed" in result.stderr and "AdderConv" in result.stderr
 
 
 def test_compress_rejects_unknown_model(tmp_path):

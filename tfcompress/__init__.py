@@ -5,14 +5,17 @@ Public API:
                AdderConv, AdderDense, BinaryConv, BinaryDense)
     models     reference models (lenet_300_100, lenet5, small_cnn, ghostnet, resnet20)
     datasets   load("digits" | "mnist" | "fashion_mnist", data_dir=None)
-    export     to_tflite, run_tflite, verify (LiteRT parity)
+    export     to_tflite (int8 / dynamic / float16 / float32), run_tflite, verify
+    quantization  quantize_model (QAT, BatchNorm folding), quantize_annotate_layer
+    lowering   lower_model: composite layers as the standard layers they are made of
     profile    per-layer parameters, multiply-adds, additions, binary ops, bits
 """
 
 __version__ = "0.1.0"
 
-from tfcompress import datasets, export, layers, models, profiling
+from tfcompress import datasets, export, layers, lowering, models, profiling, quantization
 from tfcompress.profiling import count_layer, format_profile, profile, register_counter
+from tfcompress.quantization import quantize_annotate_layer, quantize_model
 
 __all__ = [
     "__version__",
@@ -21,8 +24,12 @@ __all__ = [
     "export",
     "format_profile",
     "layers",
+    "lowering",
     "models",
     "profile",
     "profiling",
+    "quantization",
+    "quantize_annotate_layer",
+    "quantize_model",
     "register_counter",
 ]

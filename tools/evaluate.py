@@ -1,0 +1,239 @@
+"""Accuracy of a saved `.keras` model and/or a `.tflite` file on a dataset.
+
+The `.keras` file is loaded with plain `keras.saving.load_model` (importing
+tfcompress registers its layers) and run with Keras; the `.tflite` file is run
+with LiteRT through `tfcompress.export.run_tflite`, which converts int8 inputs
+and outputs with the file's own scale and zero point. When both are given, the
+LiteRT-vs-Keras parity of `tfcompress.export.verify` is reported too.
+
+Usage:
+    python tools/evaluate.py --model=out/small_cnn.keras --dataset=digits
+    python tools/evaluate.py --tflite=out/small_cnn_int8.tflite --dataset=digits
+    python tools/evaluate.py --model=m.keras --tflite=m.tflite --json=eval.json
+    python tools/evaluate.py --tflite=m.tflite --dataset=mnist --data_dir=data --limit=1000
+"""
+
+import json
+import os
+import time
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+from absl import app, flags
+
+FLAGS = flags.FLAGS
+flags.DEFINE_string("model", None, "Path of a .keras model to evaluate.")
+flags.DEFINE_string("tflite", None, "Path of a .tflite file to evaluate with LiteRT.")
+flags.DEFINE_string("dataset", "digits", "digits (shipped, offline), mnist or fashion_mnist.")
+flags.DEFINE_string("data_dir", None, "Folder with <dataset>.npz; default $TFCOMPRESS_DATA_DIR.")
+flags.DEFINE_enum("split", "test", ("test", "train"), "Which split to evaluate on.")
+flags.DEFINE_integer("limit", None, "Evaluate on the first N examples only.", lower_bound=1)
+flags.DEFINE_integer("batch_size", 256, "Examples per Keras / LiteRT batch.", lower_bound=1)
+flags.DEFINE_string("json", None, "Also write the numbers to this JSON file.")
+
+
+def check_file(path, flag):
+    """Raises UsageError unless `path` is an existing file."""
+    if not os.path.exists(path):
+        raise app.UsageError(f"--{flag}={path}: no such file.")
+    if not os.path.isfile(path):
+        raise app.UsageError(f"--{flag}={path}: not a file.")
+
+
+def shape_fits(model_shape, data_shape):
+    """True when a model input shape (None/-1 = any size) accepts `data_shape`."""
+    model_shape = tuple(model_shape)
+    return len(model_shape) == len(data_shape) and all(
+        m is None or m < 0 or m == d for m, d in zip(model_shape, data_shape)
+    )
+
+
+def _fmt_shape(shape):
+    return str(tuple(None if d is None or d < 0 else int(d) for d in shape))
+
+
+def check_fits(what, path, input_shape, num_outputs, dataset, example_shape, num_classes):
+    """Raises UsageError when a model cannot be evaluated on the dataset."""
+    if not shape_fits(input_shape, example_shape):
+        raise app.UsageError(
+            f"{what} {path} takes inputs of shape (batch,) + {_fmt_shape(input_shape)}, "
+            f"but dataset {dataset!r} has examples of shape {_fmt_shape(example_shape)}."
+        )
+    if num_outputs is not None and num_outputs >= 0 and num_outputs < num_classes:
+        raise app.UsageError(
+            f"{what} {path} outputs {num_outputs} values per example, but dataset "
+            f"{dataset!r} has {num_classes} classes: not a classifier for it."
+        )
+
+
+def load_keras(path):
+    """Loads a `.keras` model; UsageError naming the file when it cannot be read."""
+    import keras
+
+    import tfcompress  # noqa: F401  (registers the custom layers)
+
+    try:
+        model = keras.saving.load_model(path)
+    except Exception as err:
+        raise app.UsageError(
+            f"--model={path}: could not load it as a Keras model "
+            f"({type(err).__name__}: {err})."
+        ) from err
+    if len(model.inputs) != 1 or len(model.outputs) != 1:
+        raise app.UsageError(
+            f"--model={path}: expected one input and one output, found "
+            f"{len(model.inputs)} input(s) and {len(model.outputs)} output(s)."
+        )
+    return model
+
+
+def tflite_io(path, tflite_bytes):
+    """Input/output details of a `.tflite` file; UsageError when it cannot be read."""
+    from ai_edge_litert.interpreter import Interpreter
+
+    try:
+        interpreter = Interpreter(model_content=tflite_bytes)
+    except Exception as err:
+        raise app.UsageError(
+            f"--tflite={path}: could not load it with LiteRT ({type(err).__name__}: {err})."
+        ) from err
+    inputs, outputs = interpreter.get_input_details(), interpreter.get_output_details()
+    if len(inputs) != 1 or len(outputs) != 1:
+        raise app.UsageError(
+            f"--tflite={path}: expected one input and one output tensor, found "
+            f"{len(inputs)} input(s) and {len(outputs)} output(s)."
+        )
+    return inputs[0], outputs[0]
+
+
+def write_atomic(path, text):
+    """Writes `text` to `path` via a temporary file, so no partial file is left."""
+    tmp = path + ".tmp"
+    try:
+        with open(tmp, "w") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
+    if not FLAGS.model and not FLAGS.tflite:
+        raise app.UsageError("Give --model=path.keras and/or --tflite=path.tflite.")
+    if FLAGS.model:
+        check_file(FLAGS.model, "model")
+    if FLAGS.tflite:
+        check_file(FLAGS.tflite, "tflite")
+
+    import numpy as np
+
+    from tfcompress import datasets, export
+
+    if FLAGS.dataset not in datasets.available():
+        raise app.UsageError(
+            f"--dataset={FLAGS.dataset}: unknown dataset; choose one of "
+            f"{', '.join(datasets.available())}."
+        )
+    info = datasets.info(FLAGS.dataset)
+    example_shape, num_classes = tuple(info["input_shape"]), info["num_classes"]
+
+    # Check that everything fits the dataset before loading (or downloading) data.
+    model = tflite_bytes = lite_in = lite_out = None
+    if FLAGS.model:
+        model = load_keras(FLAGS.model)
+        check_fits("Keras model", FLAGS.model, model.inputs[0].shape[1:],
+                   model.outputs[0].shape[-1], FLAGS.dataset, example_shape, num_classes)
+    if FLAGS.tflite:
+        with open(FLAGS.tflite, "rb") as f:
+            tflite_bytes = f.read()
+        lite_in, lite_out = tflite_io(FLAGS.tflite, tflite_bytes)
+        signature = lite_in.get("shape_signature", lite_in["shape"])
+        # LiteRT reports a dynamic batch as -1 (or, in `shape`, as 1): any batch size.
+        check_fits(".tflite", FLAGS.tflite, [int(d) for d in signature[1:]],
+                   int(lite_out["shape"][-1]), FLAGS.dataset, example_shape, num_classes)
+
+    try:
+        train, test = datasets.load(FLAGS.dataset, data_dir=FLAGS.data_dir)
+    except (ValueError, FileNotFoundError, RuntimeError) as err:
+        raise app.UsageError(f"--dataset={FLAGS.dataset}: {err}") from err
+    x, y = train if FLAGS.split == "train" else test
+    if FLAGS.limit is not None:
+        x, y = x[: FLAGS.limit], y[: FLAGS.limit]
+    print(f"{FLAGS.dataset} {FLAGS.split}: {len(x)} examples of shape {x.shape[1:]}",
+          flush=True)
+
+    report = {
+        "dataset": FLAGS.dataset,
+        "split": FLAGS.split,
+        "examples": len(x),
+        "keras": None,
+        "tflite": None,
+        "parity": None,
+    }
+    rows = [("dataset", f"{FLAGS.dataset} ({FLAGS.split}, {len(x)} examples)")]
+    if model is not None:
+        start = time.perf_counter()
+        probs = np.asarray(model.predict(x, batch_size=FLAGS.batch_size, verbose=0))
+        seconds = time.perf_counter() - start
+        correct = int(np.sum(probs.argmax(-1) == y))
+        report["keras"] = {
+            "path": FLAGS.model,
+            "accuracy": correct / len(x),
+            "correct": correct,
+            "seconds": round(seconds, 3),
+            "bytes": os.path.getsize(FLAGS.model),
+        }
+        rows += [
+            ("Keras model", FLAGS.model),
+            ("Keras accuracy", f"{correct / len(x):.4f} ({correct}/{len(x)})"),
+        ]
+    if tflite_bytes is not None:
+        start = time.perf_counter()
+        probs, _ = export.run_tflite(tflite_bytes, x, batch_size=FLAGS.batch_size)
+        seconds = time.perf_counter() - start
+        correct = int(np.sum(probs.argmax(-1) == y))
+        in_dtype, out_dtype = np.dtype(lite_in["dtype"]).name, np.dtype(lite_out["dtype"]).name
+        report["tflite"] = {
+            "path": FLAGS.tflite,
+            "accuracy": correct / len(x),
+            "correct": correct,
+            "seconds": round(seconds, 3),
+            "bytes": len(tflite_bytes),
+            "input_dtype": in_dtype,
+            "output_dtype": out_dtype,
+        }
+        rows += [
+            (".tflite file", f"{FLAGS.tflite} ({in_dtype} in, {out_dtype} out)"),
+            (".tflite accuracy", f"{correct / len(x):.4f} ({correct}/{len(x)})"),
+        ]
+    if model is not None and tflite_bytes is not None:
+        check = export.verify(tflite_bytes, model, x, batch_size=FLAGS.batch_size)
+        report["parity"] = check
+        rows += [
+            ("accuracy difference (.tflite - Keras)",
+             f"{report['tflite']['accuracy'] - report['keras']['accuracy']:+.4f}"),
+            ("parity max |diff|", f"{check['max_abs_diff']:.2e}"),
+            ("parity mean |diff|", f"{check['mean_abs_diff']:.2e}"),
+        ]
+        if check.get("argmax_agreement") is not None:
+            rows.append(("parity argmax agreement", f"{check['argmax_agreement']:.4f}"))
+        if "max_diff_steps" in check:
+            rows += [
+                ("parity max diff (output steps)", f"{check['max_diff_steps']:.2f}"),
+                ("parity within 1 step", f"{check['within_1_step']:.4f}"),
+            ]
+
+    width = max(len(k) for k, _ in rows)
+    print()
+    for key, value in rows:
+        print(f"  {key:<{width}}  {value}")
+    if FLAGS.json:
+        write_atomic(FLAGS.json, json.dumps(report, indent=2))
+        print(f"\nwrote {FLAGS.json}")
+
+
+if __name__ == "__main__":
+    app.run(main)
