@@ -13,7 +13,15 @@ Public API:
 
 __version__ = "0.1.0"
 
-from tfcompress import datasets, export, layers, lowering, models, profiling, quantization
+from tfcompress import (
+    datasets,
+    export,
+    layers,
+    lowering,
+    models,
+    profiling,
+    quantization,
+)
 from tfcompress.profiling import count_layer, format_profile, profile, register_counter
 from tfcompress.quantization import quantize_annotate_layer, quantize_model
 
