@@ -22,7 +22,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 INTEGER_OPS = {
     "CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED", "ADD", "MUL", "CONCATENATION",
     "STRIDED_SLICE", "PAD", "MEAN", "MAX_POOL_2D", "SOFTMAX", "QUANTIZE", "RESHAPE",
-    "LOGISTIC", "SUB", "RELU", "RELU6",
+    "LOGISTIC", "SUB", "RELU", "RELU6", "GREATER_EQUAL", "SELECT_V2", "SHAPE", "BROADCAST_TO",
 }
 
 
@@ -75,6 +75,18 @@ CASES = {
     "shift_conv_bn_relu": (
         lambda x: keras.layers.ReLU()(bn()(tl.ShiftConv(8, strides=2)(x))), (8, 8, 9),
     ),
+    "binary_conv": (
+        lambda x: bn()(tl.BinaryConv(8, 3, strides=2)(bn()(keras.layers.Conv2D(6, 1)(x)))),
+        (8, 8, 4),
+    ),
+    "binary_conv_bwn_valid": (
+        lambda x: tl.BinaryConv(6, 3, padding="valid", binarize_input=False, scale="none")(x),
+        (7, 7, 3),
+    ),
+    "binary_dense": (
+        lambda x: bn()(tl.BinaryDense(5, ste="approx_sign")(bn()(keras.layers.Dense(12)(x)))),
+        (16,),
+    ),
     "add_concat_pool": (
         lambda x: keras.layers.GlobalAveragePooling2D()(keras.layers.Concatenate()([
             keras.layers.Add()([keras.layers.Conv2D(4, 1)(x), keras.layers.Conv2D(4, 1)(x)]),
@@ -91,6 +103,12 @@ def test_qat_export_matches_keras_within_one_step(case, per_channel):
     body, shape = CASES[case]
     report, ops, _ = _qat_roundtrip(body, shape, per_channel=per_channel)
     assert set(ops) <= INTEGER_OPS, ops
+    if case == "binary_conv" and not per_channel:
+        # A legal 1-step rounding difference in the layer before a Sign can flip
+        # a +/-1 input of the binary conv (seen: 0.4% of outputs, up to 13 steps
+        # with per-tensor weights); per-channel (the default) stays within 1 step.
+        assert report["within_1_step"] >= 0.99, report
+        return
     assert report["within_1_step"] >= 0.999, report
     assert report["max_diff_steps"] <= 1.0 + 1e-3, report
 

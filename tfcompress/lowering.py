@@ -11,12 +11,21 @@ every layer of it maps onto TFLite builtins:
     ShiftConv       -> PAD + STRIDED_SLICE + CONCATENATION (the shift) + CONV_2D
     GhostBottleneck -> the above + DEPTHWISE_CONV_2D, the squeeze-excite as
                        MEAN + CONV_2D + ADD/RELU6/MUL, and the residual ADD
+    BinaryConv      -> Sign (GREATER_EQUAL + SELECT_V2) + CONV_2D on the +/-1
+                       inputs with per-channel weights +/-alpha (exact in int8)
 """
 
 import keras
 from keras import layers, ops
 
-from tfcompress.layers import GhostBottleneck, GhostConv, ShiftConv
+from tfcompress.layers import (
+    BinaryConv,
+    BinaryDense,
+    GhostBottleneck,
+    GhostConv,
+    ShiftConv,
+    Sign,
+)
 from tfcompress.layers._utils import check_positive_int
 
 
@@ -116,7 +125,22 @@ def _lower_shift_conv(layer, x):
     return _apply(layer.pointwise, layer.name, x)
 
 
+def _lower_binary(layer, x):
+    """BinaryConv/BinaryDense(binarize_input=True) -> Sign + the layer on +/-1 inputs."""
+    if not layer.binarize_input:
+        return None  # already what the lowered form uses
+    x = Sign(layer.ste, name=f"{layer.name}_sign")(x)
+    config = layer.get_config()
+    config.update(binarize_input=False)
+    new = layer.__class__.from_config(config)
+    out = new(x)
+    new.set_weights(layer.get_weights())
+    return out
+
+
 _LOWERINGS = {
+    BinaryConv: _lower_binary,
+    BinaryDense: _lower_binary,
     GhostConv: lambda layer, x: _lower_ghost(layer, x, ""),
     GhostBottleneck: _lower_bottleneck,
     ShiftConv: _lower_shift_conv,
@@ -157,8 +181,9 @@ def lower_model(model):
     def call(new_layer, *args, **kwargs):
         original = originals[new_layer.name]
         lowering = _LOWERINGS.get(type(original))
-        if lowering is not None:
-            return lowering(original, args[0])
+        out = None if lowering is None else lowering(original, args[0])
+        if out is not None:
+            return out
         out = new_layer(*args, **kwargs)
         new_layer.set_weights(original.get_weights())
         return out

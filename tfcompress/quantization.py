@@ -34,11 +34,25 @@ import weakref
 import keras
 from keras import layers, ops
 
-_WEIGHTED = (layers.Conv2D, layers.DepthwiseConv2D, layers.Dense)
+_KERAS_WEIGHTED = (layers.Conv2D, layers.DepthwiseConv2D, layers.Dense)
 _FUSABLE_ACTIVATIONS = ("linear", "relu", "relu6", "softmax", "sigmoid")
 # Outputs TFLite gives a fixed int8 range: scale 1/256, zero point -128.
 _FIXED_RANGE_ACTIVATIONS = ("softmax", "sigmoid")
 _FIXED_RANGE = (0.0, 255.0 / 256.0)
+# Range whose int8 grid (scale 1/127, zero point 0 in int8) holds -1 and +1 exactly.
+_SIGN_RANGE = (-128.0 / 127.0, 1.0)
+
+
+def _weighted_types():
+    from tfcompress.layers import BinaryConv, BinaryDense
+
+    return _KERAS_WEIGHTED + (BinaryConv, BinaryDense)
+
+
+def _binary_types():
+    from tfcompress.layers import BinaryConv, BinaryDense
+
+    return (BinaryConv, BinaryDense)
 
 
 def _activation_name(activation):
@@ -192,12 +206,12 @@ class QuantizeWrapper(layers.Layer):
             layer = keras.saving.deserialize_keras_object(layer)
         if isinstance(batchnorm, dict):
             batchnorm = keras.saving.deserialize_keras_object(batchnorm)
-        if not isinstance(layer, _WEIGHTED):
-            raise ValueError(  # noqa: TRY004 (Keras raises ValueError for bad arguments)
-                "QuantizeWrapper wraps Conv2D, DepthwiseConv2D or Dense. "
-                f"Received: layer={layer!r}"
+        if not isinstance(layer, _weighted_types()) or getattr(layer, "binarize_input", False):
+            raise ValueError(
+                "QuantizeWrapper wraps Conv2D, DepthwiseConv2D, Dense, or BinaryConv / "
+                f"BinaryDense with binarize_input=False. Received: layer={layer!r}"
             )
-        inner_activation = _activation_name(layer.activation)
+        inner_activation = _activation_name(getattr(layer, "activation", None))
         if batchnorm is not None and inner_activation != "linear":
             raise ValueError(
                 f"Cannot fold {batchnorm.name!r} after {layer.name!r}: the layer already "
@@ -239,7 +253,7 @@ class QuantizeWrapper(layers.Layer):
     # -- the wrapped operation, with any kernel
     def _op(self, x, kernel):
         layer = self.layer
-        if isinstance(layer, layers.Dense):
+        if len(kernel.shape) == 2:  # Dense, BinaryDense
             return ops.matmul(x, kernel)
         if isinstance(layer, layers.DepthwiseConv2D):
             return ops.depthwise_conv(
@@ -248,7 +262,7 @@ class QuantizeWrapper(layers.Layer):
             )
         return ops.conv(
             x, kernel, strides=layer.strides, padding=layer.padding,
-            dilation_rate=layer.dilation_rate,
+            dilation_rate=getattr(layer, "dilation_rate", 1),
         )
 
     def _per_output(self, values):
@@ -265,7 +279,7 @@ class QuantizeWrapper(layers.Layer):
             flat = ops.reshape(kernel, (kh, kw, 1, cin * mult))
             return ops.reshape(fake_quant_weights(flat, self.per_channel), (kh, kw, cin, mult))
         # TFLite's FULLY_CONNECTED takes one weight scale (per-tensor), as in its PTQ.
-        per_channel = self.per_channel and not isinstance(self.layer, layers.Dense)
+        per_channel = self.per_channel and len(kernel.shape) != 2
         return fake_quant_weights(kernel, per_channel)
 
     def _gamma_beta(self):
@@ -283,13 +297,19 @@ class QuantizeWrapper(layers.Layer):
         so that `op(x, w_fold) + b_fold == BN(op(x, w) + b)` at inference.
         """
         layer, bn = self.layer, self.batchnorm
-        kernel = ops.convert_to_tensor(layer.kernel)
+        kernel = self._kernel()
         bias = layer.bias if layer.use_bias else ops.zeros((self.output_channels,))
         if bn is None:
             return kernel, bias
         gamma, beta = self._gamma_beta()
         scale = gamma / ops.sqrt(bn.moving_variance + bn.epsilon)
         return kernel * self._per_output(scale), beta + (bias - bn.moving_mean) * scale
+
+    def _kernel(self):
+        """The kernel the wrapped layer computes with (alpha * sign(W) if binary)."""
+        if isinstance(self.layer, _binary_types()):
+            return self.layer.binary_kernel()
+        return ops.convert_to_tensor(self.layer.kernel)
 
     @property
     def output_channels(self):
@@ -305,7 +325,7 @@ class QuantizeWrapper(layers.Layer):
         if bn is None or not training:
             outputs = outputs + folded_bias
         else:
-            kernel = ops.convert_to_tensor(layer.kernel)
+            kernel = self._kernel()
             bias = layer.bias if layer.use_bias else 0.0
             gamma, beta = self._gamma_beta()
             sigma = ops.sqrt(bn.moving_variance + bn.epsilon)
@@ -397,10 +417,10 @@ _PASS_THROUGH = (
 
 def _layer_types():
     """(pass-through types, quantize-output types), including tfcompress layers."""
-    from tfcompress.layers import Shift
+    from tfcompress.layers import Shift, Sign
     from tfcompress.lowering import ChannelSlice, HardSigmoid
 
-    return _PASS_THROUGH + (Shift, ChannelSlice), _QUANTIZE_OUTPUT + (HardSigmoid,)
+    return _PASS_THROUGH + (Shift, ChannelSlice), _QUANTIZE_OUTPUT + (HardSigmoid, Sign)
 
 
 def _single_input(layer):
@@ -454,6 +474,7 @@ def _plan_fusions(model, fold_batchnorm, schemes):
         not twice.
     """
     consumers = _consumers(model)
+    weighted = _weighted_types()
     plan, absorbed, concat_fed = {}, set(), set()
 
     def sole_consumer(layer):
@@ -469,12 +490,12 @@ def _plan_fusions(model, fold_batchnorm, schemes):
         if isinstance(sole_consumer(layer), layers.Concatenate):
             concat_fed.add(layer.name)
     for layer in model.layers:
-        if not isinstance(layer, _WEIGHTED) or schemes.get(layer.name) == "float":
+        if not isinstance(layer, weighted) or schemes.get(layer.name) == "float":
             continue
         if _single_input(layer) is None:
             continue
         bn, act, tail = None, "linear", layer
-        if _activation_name(layer.activation) == "linear":
+        if _activation_name(getattr(layer, "activation", None)) == "linear":
             nxt = sole_consumer(tail)
             if fold_batchnorm and isinstance(nxt, layers.BatchNormalization) and (
                 nxt.axis in (-1, [-1], len(layer.output.shape) - 1)
@@ -585,9 +606,11 @@ def quantize_model(model, per_channel=True, fold_batchnorm=True, ema_decay=0.99)
         if isinstance(original, output_types):
             act = _activation_of(original)
             fixed = _FIXED_RANGE if act in _FIXED_RANGE_ACTIVATIONS else None
+            if type(original).__name__ == "Sign":
+                fixed = _SIGN_RANGE
             return ActivationQuantizer(ema_decay, fixed_range=fixed, name=f"quant_{name}")(out)
         supported = ", ".join(
-            sorted({t.__name__ for t in _WEIGHTED + output_types + pass_through})
+            sorted({t.__name__ for t in _weighted_types() + output_types + pass_through})
         )
         raise ValueError(
             f"Cannot quantize layer {name!r} of type {type(original).__name__}. "

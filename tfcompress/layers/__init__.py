@@ -9,6 +9,7 @@ from tfcompress.layers.adder import (
 from tfcompress.layers.binary import (
     BinaryConv,
     BinaryDense,
+    Sign,
     WeightClip,
     approx_sign,
     ste_sign,
@@ -25,6 +26,7 @@ __all__ = [
     "GhostConv",
     "Shift",
     "ShiftConv",
+    "Sign",
     "WeightClip",
     "adaptive_gradient_scale",
     "adder_distance",

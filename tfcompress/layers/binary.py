@@ -8,7 +8,7 @@ References:
 """
 
 import keras
-from keras import ops
+from keras import layers, ops
 
 from tfcompress.layers._base import Conv2DGeometry, DenseGeometry, KernelLayer
 from tfcompress.layers._utils import check_choice
@@ -62,6 +62,38 @@ def approx_sign(x):
 
 
 _STE = {"ste_sign": ste_sign, "approx_sign": approx_sign}
+
+
+@keras.saving.register_keras_serializable(package="tfcompress")
+class Sign(layers.Layer):
+    """Binarizes activations: `y = +1 if x >= 0 else -1`, straight-through gradient.
+
+    The input binarization of BinaryConv/BinaryDense as a layer of its own (it is
+    what `lower_model` splits them into; int8 TFLite computes it as
+    GREATER_EQUAL + SELECT_V2).
+
+    Args:
+        ste: "ste_sign" (`1{|x| <= 1}`) or "approx_sign" (`(2 - 2|x|) 1{|x| <= 1}`).
+        **kwargs: standard Layer arguments.
+
+    Raises:
+        ValueError: for an unknown ste.
+    """
+
+    def __init__(self, ste="ste_sign", **kwargs):
+        super().__init__(**kwargs)
+        self.ste = check_choice("ste", ste, STE_CHOICES)
+
+    def call(self, inputs):
+        return _STE[self.ste](inputs)
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(ste=self.ste)
+        return config
 
 
 @keras.saving.register_keras_serializable(package="tfcompress")
