@@ -265,8 +265,9 @@ def test_errors_name_the_problem():
     adder = keras.Model(inputs, tl.AdderConv(4, 3, name="my_adder")(inputs))
     with pytest.raises(ValueError, match="my_adder.*AdderConv"):
         quantize_model(adder)
-    with pytest.raises(ValueError, match="Not integer-only.*my_adder"):
-        export.to_tflite(adder, representative_data=np.ones((4, 8, 8, 2), "float32"))
+    negate = keras.Model(inputs, keras.layers.Conv2D(2, 1)(_Negate(name="my_negate")(inputs)))
+    with pytest.raises(ValueError, match="Not integer-only: operator NEG.*my_negate"):
+        export.to_tflite(negate, representative_data=np.ones((4, 8, 8, 2), "float32"))
     plain = keras.Model(inputs, keras.layers.Conv2D(2, 3)(inputs))
     with pytest.raises(ValueError, match="needs `representative_data`"):
         export.to_tflite(plain)
@@ -282,6 +283,29 @@ def test_errors_name_the_problem():
         quantize_annotate_layer(keras.layers.Dense(2), "int4")
     with pytest.raises(ValueError, match="ema_decay=1.5"):
         ActivationQuantizer(ema_decay=1.5)
+
+
+class _Negate(keras.layers.Layer):
+    """-x: TFLite has no int8 NEG, so the converter leaves a float island."""
+
+    def call(self, x):
+        return -x
+
+
+def test_adder_ptq_exports_integer_only():
+    """AdderConv lowers to STRIDED_SLICE + SUB + ABS + SUM + MUL(-1) + ADD, all int8."""
+    keras.utils.set_random_seed(0)
+    rng = np.random.default_rng(0)
+    inputs = keras.Input((6, 6, 3))
+    model = keras.Model(inputs, tl.AdderConv(4, 3, strides=2)(inputs))
+    x = rng.normal(size=(64, 6, 6, 3)).astype("float32")
+    tflite = export.to_tflite(model, representative_data=x)
+    ops = set(export.check_integer_only(tflite, model))
+    assert {"SUB", "ABS", "SUM"} <= ops and "NEG" not in ops and "DEQUANTIZE" not in ops
+    lite, _ = export.run_tflite(tflite, x[:16])
+    expected = model.predict(x[:16], verbose=0)
+    # PTQ of a sum of 27 8-bit |x - w| terms: a few percent of the output range.
+    assert np.abs(lite - expected).max() < 0.05 * (expected.max() - expected.min())
 
 
 class _Subclassed(keras.Model):

@@ -174,7 +174,7 @@ def check_integer_only(tflite_bytes, model=None):
     inputs = {d["index"] for d in interpreter.get_input_details()}
     outputs = {d["index"] for d in interpreter.get_output_details()}
     names = _layer_names(model) if model is not None else []
-    ops_seen = []
+    ops_seen, problems = [], []
     all_ops = interpreter._get_ops_details()
     for op in all_ops:
         name = op["op_name"]
@@ -198,21 +198,28 @@ def check_integer_only(tflite_bytes, model=None):
             if floats:
                 problem = f"computes in float (tensors {floats[:3]})"
         if problem:
-            out_name = tensors[op["outputs"][0]]["name"] if len(op["outputs"]) else ""
-            consumers = [
-                tensors[o]["name"] for other in all_ops
-                if set(other["inputs"]) & set(op["outputs"]) for o in other["outputs"]
-            ]
-            layer = _layer_of(
-                [out_name] + [tensors[i]["name"] for i in op_inputs] + consumers, names
-            )
-            raise ValueError(
-                f"Not integer-only: operator {name} (#{op['index']}) {problem}; "
-                f"it comes from layer {layer!r} (tensor {out_name!r}). Integer-only "
-                "export supports Conv2D, DepthwiseConv2D, Dense, BatchNormalization, "
-                "Add, Concatenate, pooling, ReLU/ReLU6/softmax and the tfcompress "
-                "layers; quantize the model with quantize_model or keep this layer out."
-            )
+            problems.append((op, name, problem))
+    if problems:
+        # Name the float computation itself rather than the DEQUANTIZE feeding it.
+        op, name, problem = min(
+            problems, key=lambda p: p[1] in ("QUANTIZE", "DEQUANTIZE")
+        )
+        out_name = tensors[op["outputs"][0]]["name"] if len(op["outputs"]) else ""
+        consumers = [
+            tensors[o]["name"] for other in all_ops
+            if set(other["inputs"]) & set(op["outputs"]) for o in other["outputs"]
+        ]
+        in_names = [tensors[i]["name"] for i in op["inputs"] if i >= 0]
+        layer = _layer_of([out_name] + in_names + consumers, names)
+        origin = (f"it comes from layer {layer!r}" if layer else
+                  "its layer cannot be told from the tensor names")
+        raise ValueError(
+            f"Not integer-only: operator {name} (#{op['index']}) {problem}; "
+            f"{origin} (tensor {out_name!r}). Integer-only "
+            "export supports Conv2D, DepthwiseConv2D, Dense, BatchNormalization, "
+            "Add, Concatenate, pooling, ReLU/ReLU6/softmax and the tfcompress "
+            "layers; quantize the model with quantize_model or keep this layer out."
+        )
     return ops_seen
 
 

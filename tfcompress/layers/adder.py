@@ -59,7 +59,8 @@ def adder_distance(x, w, rows_per_sample=1):
         outs = []
         for start, stop in chunks:
             diff = ops.expand_dims(x_const, -1) - w_const[:, start:stop]
-            outs.append(-ops.sum(ops.abs(diff), axis=-2))
+            # x * -1 rather than -x: TFLite has an int8 MUL but no int8 NEG.
+            outs.append(ops.sum(ops.abs(diff), axis=-2) * -1.0)
         y = outs[0] if len(outs) == 1 else ops.concatenate(outs, axis=-1)
 
         def grad(*args, upstream=None):
