@@ -24,6 +24,8 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from absl import app, flags
 
+from tfcompress.fileio import write_atomic
+
 FLAGS = flags.FLAGS
 flags.DEFINE_multi_string("tflite", None, "A .tflite file to benchmark; repeat for several.")
 flags.DEFINE_integer("threads", 1, "Interpreter threads (num_threads).", lower_bound=1)
@@ -130,18 +132,6 @@ def print_table(header, rows):
     widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
     for row in [header, *rows]:
         print("  ".join(f"{cell!s:<{w}}" for cell, w in zip(row, widths)).rstrip())
-
-
-def write_atomic(path, text):
-    """Writes `text` to `path` via a temporary file, so no partial file is left."""
-    tmp = path + ".tmp"
-    try:
-        with open(tmp, "w") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
 
 
 def main(argv):

@@ -20,6 +20,8 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from absl import app, flags, logging
 
+from tfcompress.fileio import write_atomic
+
 MODELS = ("small_cnn", "lenet_300_100", "lenet5", "ghostnet", "resnet20")
 CONVS = ("conv", "ghost", "shift", "adder", "binary")
 
@@ -77,19 +79,6 @@ def plot_history(history, path):
     fig.savefig(path, dpi=100)
     plt.close(fig)
     return True
-
-
-def write_atomic(path, data):
-    """Writes bytes or text to `path` via a temporary file, so no partial file is left."""
-    mode = "wb" if isinstance(data, bytes) else "w"
-    tmp = path + ".tmp"
-    try:
-        with open(tmp, mode) as f:
-            f.write(data)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
 
 
 def main(argv):

@@ -21,6 +21,8 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from absl import app, flags
 
+from tfcompress.fileio import write_atomic
+
 FLAGS = flags.FLAGS
 flags.DEFINE_string("model", None, "Path of a .keras model to evaluate.")
 flags.DEFINE_string("tflite", None, "Path of a .tflite file to evaluate with LiteRT.")
@@ -104,18 +106,6 @@ def tflite_io(path, tflite_bytes):
             f"{len(inputs)} input(s) and {len(outputs)} output(s)."
         )
     return inputs[0], outputs[0]
-
-
-def write_atomic(path, text):
-    """Writes `text` to `path` via a temporary file, so no partial file is left."""
-    tmp = path + ".tmp"
-    try:
-        with open(tmp, "w") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
 
 
 def main(argv):
