@@ -13,11 +13,17 @@ import tfcompress
 from tfcompress import datasets, export, layers
 
 
-def tiny_net(conv):
+def tiny_net(conv, binary=False):
+    # BatchNormalization with momentum 0.9: a few hundred steps are enough for its
+    # moving statistics. No ReLU in front of a BinaryConv: sign(relu(x)) is all +1.
     inputs = keras.Input((8, 8, 1))
-    x = keras.layers.Conv2D(16, 3, padding="same", activation="relu")(inputs)
+    x = keras.layers.Conv2D(16, 3, padding="same")(inputs)
+    x = keras.layers.BatchNormalization(momentum=0.9)(x)
+    if not binary:
+        x = keras.layers.ReLU()(x)
     x = conv(32)(x)
-    x = keras.layers.BatchNormalization()(x)
+    x = keras.layers.BatchNormalization(momentum=0.9)(x)
+    x = keras.layers.ReLU()(x)
     x = keras.layers.GlobalAveragePooling2D()(x)
     return keras.Model(inputs, keras.layers.Dense(10, activation="softmax")(x))
 
@@ -34,7 +40,7 @@ def main():
     }
     print(f"{'layer':<12}{'params':>8}{'MACs':>10}{'adds':>10}{'test acc':>10}{'tflite acc':>12}")
     for name, conv in variants.items():
-        model = tiny_net(conv)
+        model = tiny_net(conv, binary=name == "BinaryConv")
         model.compile("adam", "sparse_categorical_crossentropy", metrics=["accuracy"])
         model.fit(x, y, epochs=15, batch_size=32, verbose=0)
         acc = model.evaluate(x_test, y_test, verbose=0)[1]
