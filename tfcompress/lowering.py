@@ -58,11 +58,13 @@ class ChannelSlice(layers.Layer):
 
 
 @keras.saving.register_keras_serializable(package="tfcompress")
-class HardSigmoid(layers.Layer):
-    """`relu6(x + 3) / 6`, the squeeze-excite gate of GhostBottleneck."""
+class ShiftedReLU6(layers.Layer):
+    """`relu6(x + 3)`: with `Rescaling(1/6)` after it, the hard-sigmoid gate of
+    GhostBottleneck's squeeze-excite. Two layers, because int8 TFLite computes it as
+    ADD (with fused RELU6) then MUL, each with its own output scale."""
 
     def call(self, inputs):
-        return ops.relu6(inputs + 3.0) / 6.0
+        return ops.relu6(inputs + 3.0)
 
 
 def _copy(sublayer, prefix):
@@ -107,7 +109,8 @@ def _lower_bottleneck(layer, inputs):
         gate = _apply(layer.se_reduce, prefix, gate)
         gate = layers.ReLU(name=f"{prefix}_se_relu")(gate)
         gate = _apply(layer.se_expand, prefix, gate)
-        gate = HardSigmoid(name=f"{prefix}_se_gate")(gate)
+        gate = ShiftedReLU6(name=f"{prefix}_se_relu6")(gate)
+        gate = layers.Rescaling(1.0 / 6.0, name=f"{prefix}_se_gate")(gate)
         x = layers.Multiply(name=f"{prefix}_se_scale")([x, gate])
     x = _lower_ghost(layer.ghost2, x, prefix)
     if layer.shortcut_conv is None:
@@ -156,7 +159,7 @@ def lower_model(model):
     Returns:
         A functional `keras.Model` computing the same function with the same
         weights, built only from standard Keras layers, `Shift`, `ChannelSlice`
-        and `HardSigmoid` (plus any layer it did not need to touch).
+        and `ShiftedReLU6` (plus any layer it did not need to touch).
 
     Raises:
         ValueError: for a subclassed model (Keras cannot clone it).

@@ -406,7 +406,7 @@ _QUANTIZE_OUTPUT = (
     layers.Add, layers.Subtract, layers.Multiply, layers.Average, layers.Concatenate,
     layers.GlobalAveragePooling1D, layers.GlobalAveragePooling2D,
     layers.AveragePooling1D, layers.AveragePooling2D, layers.BatchNormalization,
-    layers.ReLU, layers.Activation, layers.Softmax,
+    layers.ReLU, layers.Activation, layers.Softmax, layers.Rescaling,
 )
 _PASS_THROUGH = (
     layers.MaxPooling1D, layers.MaxPooling2D, layers.GlobalMaxPooling2D, layers.Flatten,
@@ -418,9 +418,9 @@ _PASS_THROUGH = (
 def _layer_types():
     """(pass-through types, quantize-output types), including tfcompress layers."""
     from tfcompress.layers import Shift, Sign
-    from tfcompress.lowering import ChannelSlice, HardSigmoid
+    from tfcompress.lowering import ChannelSlice, ShiftedReLU6
 
-    return _PASS_THROUGH + (Shift, ChannelSlice), _QUANTIZE_OUTPUT + (HardSigmoid, Sign)
+    return _PASS_THROUGH + (Shift, ChannelSlice), _QUANTIZE_OUTPUT + (ShiftedReLU6, Sign)
 
 
 def _single_input(layer):
