@@ -23,6 +23,7 @@ INTEGER_OPS = {
     "CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED", "ADD", "MUL", "CONCATENATION",
     "STRIDED_SLICE", "PAD", "MEAN", "MAX_POOL_2D", "SOFTMAX", "QUANTIZE", "RESHAPE",
     "LOGISTIC", "SUB", "RELU", "RELU6", "GREATER_EQUAL", "SELECT_V2", "SHAPE", "BROADCAST_TO",
+    "ABS", "SUM", "EXPAND_DIMS",
 }
 
 
@@ -87,6 +88,13 @@ CASES = {
         lambda x: bn()(tl.BinaryDense(5, ste="approx_sign")(bn()(keras.layers.Dense(12)(x)))),
         (16,),
     ),
+    "adder_conv_bn": (
+        lambda x: bn()(tl.AdderConv(4, 3, strides=2)(x)), (6, 6, 3),
+    ),
+    "adder_conv_valid_bias": (
+        lambda x: tl.AdderConv(5, 3, padding="valid", use_bias=True)(x), (6, 6, 3),
+    ),
+    "adder_dense": (lambda x: tl.AdderDense(5)(x), (12,)),
     "add_concat_pool": (
         lambda x: keras.layers.GlobalAveragePooling2D()(keras.layers.Concatenate()([
             keras.layers.Add()([keras.layers.Conv2D(4, 1)(x), keras.layers.Conv2D(4, 1)(x)]),
@@ -110,7 +118,10 @@ def test_qat_export_matches_keras_within_one_step(case, per_channel):
         assert report["within_1_step"] >= 0.99, report
         return
     assert report["within_1_step"] >= 0.999, report
-    assert report["max_diff_steps"] <= 1.0 + 1e-3, report
+    # The adder's 9 chained int8 ADDs (one per kernel position, plus the bias) use
+    # TFLite's fixed-point rescaling: a rare element lands 2 steps away.
+    max_steps = 2.0 if case.startswith("adder") else 1.0
+    assert report["max_diff_steps"] <= max_steps + 1e-3, report
 
 
 @pytest.mark.parametrize("se_ratio", [0.0, 0.25], ids=["plain", "squeeze_excite"])
@@ -265,9 +276,9 @@ def test_lowering_is_exact_and_removes_composites():
 
 def test_errors_name_the_problem():
     inputs = keras.Input((8, 8, 2))
-    adder = keras.Model(inputs, tl.AdderConv(4, 3, name="my_adder")(inputs))
-    with pytest.raises(ValueError, match="my_adder.*AdderConv"):
-        quantize_model(adder)
+    upsample = keras.Model(inputs, keras.layers.UpSampling2D(name="my_upsampling")(inputs))
+    with pytest.raises(ValueError, match="my_upsampling.*UpSampling2D.*Supported: "):
+        quantize_model(upsample)
     negate = keras.Model(inputs, keras.layers.Conv2D(2, 1)(_Negate(name="my_negate")(inputs)))
     with pytest.raises(ValueError, match="Not integer-only: operator NEG.*my_negate"):
         export.to_tflite(negate, representative_data=np.ones((4, 8, 8, 2), "float32"))

@@ -370,6 +370,98 @@ class QuantizeWrapper(layers.Layer):
         return config
 
 
+@keras.saving.register_keras_serializable(package="tfcompress")
+class QuantizeAdderWrapper(layers.Layer):
+    """AdderConv / AdderDense in int8, step for step as integer-only TFLite runs it.
+
+    The exported layer is, per kernel position, SUB (input - int8 weights), ABS,
+    SUM over input channels, MUL by -1, and an ADD accumulating the positions;
+    every one of those int8 tensors gets its own scale. This wrapper fake-quantizes
+    each of them (one moving-average range per kind of step, shared by the
+    positions), so the QAT model computes what the file computes. Weights are
+    symmetric int8 with one scale (SUB takes a per-tensor constant). Training uses
+    plain straight-through gradients (AdderNet's HardTanh rule is for training
+    from scratch; this is for fine-tuning).
+
+    Args:
+        layer: the AdderConv or AdderDense (or its serialized config).
+        ema_decay: decay of the ranges' moving averages.
+        **kwargs: standard Layer arguments.
+
+    Raises:
+        ValueError: for a layer that is not AdderConv/AdderDense.
+    """
+
+    _STEPS = ("difference", "magnitude", "sum", "negated", "accumulated", "biased")
+
+    def __init__(self, layer, ema_decay=0.99, **kwargs):
+        super().__init__(**kwargs)
+        from tfcompress.layers import AdderConv, AdderDense
+
+        if isinstance(layer, dict):
+            layer = keras.saving.deserialize_keras_object(layer)
+        if not isinstance(layer, (AdderConv, AdderDense)):
+            raise ValueError(  # noqa: TRY004
+                f"QuantizeAdderWrapper wraps AdderConv or AdderDense. Received: layer={layer!r}"
+            )
+        self.layer = layer
+        self.ema_decay = float(ema_decay)
+        self.quantizers = {
+            step: ActivationQuantizer(ema_decay, name=f"{step}_quantizer") for step in self._STEPS
+        }
+
+    def build(self, input_shape):
+        if not self.layer.built:
+            self.layer.build(input_shape)
+        for quantizer in self.quantizers.values():
+            quantizer.build(())
+
+    def _inputs_and_kernels(self, inputs):
+        """(input slice, kernel slice) per kernel position, as AdderConv computes them."""
+        layer = self.layer
+        kernel = fake_quant_weights(ops.convert_to_tensor(layer.kernel), per_channel=False)
+        if len(kernel.shape) == 2:
+            return [(inputs, kernel)]
+        from tfcompress.layers._utils import output_length, same_pads
+
+        kh, kw = layer.kernel_size
+        sh, sw = layer.strides
+        height, width = inputs.shape[1], inputs.shape[2]
+        if layer.padding == "same":
+            pads = [[0, 0], list(same_pads(height, kh, sh)), list(same_pads(width, kw, sw)),
+                    [0, 0]]
+            inputs = ops.pad(inputs, pads)
+        out_h = output_length(height, kh, sh, layer.padding)
+        out_w = output_length(width, kw, sw, layer.padding)
+        return [
+            (inputs[:, i : i + sh * (out_h - 1) + 1 : sh, j : j + sw * (out_w - 1) + 1 : sw, :],
+             kernel[i, j])
+            for i in range(kh) for j in range(kw)
+        ]
+
+    def call(self, inputs, training=None):
+        q = {step: (lambda t, quantizer=quantizer: quantizer(t, training=training))
+             for step, quantizer in self.quantizers.items()}
+        outputs = None
+        for patch, kernel in self._inputs_and_kernels(inputs):
+            diff = q["difference"](ops.expand_dims(patch, -1) - kernel)
+            part = q["sum"](ops.sum(q["magnitude"](ops.abs(diff)), axis=-2))
+            part = q["negated"](part * -1.0)
+            outputs = part if outputs is None else q["accumulated"](outputs + part)
+        if self.layer.bias is not None:
+            outputs = q["biased"](outputs + self.layer.bias)
+        return outputs
+
+    def compute_output_shape(self, input_shape):
+        return self.layer.compute_output_shape(input_shape)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(layer=keras.saving.serialize_keras_object(self.layer),
+                      ema_decay=self.ema_decay)
+        return config
+
+
 # --------------------------------------------------------------------------- annotation
 
 _ANNOTATIONS = weakref.WeakKeyDictionary()
@@ -567,6 +659,9 @@ def quantize_model(model, per_channel=True, fold_batchnorm=True, ema_decay=0.99)
         )
     plan, absorbed, concat_fed = _plan_fusions(model, fold_batchnorm, schemes)
     pass_through, output_types = _layer_types()
+    from tfcompress.layers import AdderConv, AdderDense
+
+    adder_types = (AdderConv, AdderDense)
     originals = {layer.name: layer for layer in model.layers}
 
     def clone(layer):
@@ -598,6 +693,11 @@ def quantize_model(model, per_channel=True, fold_batchnorm=True, ema_decay=0.99)
             _copy_weights(original, wrapper.layer)
             if bn is not None:
                 _copy_weights(bn, wrapper.batchnorm)
+            return out
+        if isinstance(original, adder_types) and scheme != "float":
+            wrapper = QuantizeAdderWrapper(clone(original), ema_decay, name=f"quant_{name}")
+            out = wrapper(*args, **kwargs)
+            _copy_weights(original, wrapper.layer)
             return out
         out = new_layer(*args, **kwargs)
         _copy_weights(original, new_layer)
