@@ -322,6 +322,18 @@ def test_adder_ptq_exports_integer_only():
     assert np.abs(lite - expected).max() < 0.05 * (expected.max() - expected.min())
 
 
+def test_degenerate_calibration_range_is_an_error():
+    """Calibration that never makes a ReLU positive gives its output a ~0 scale,
+    which LiteRT aborts on: the export must refuse it, naming the layer."""
+    inputs = keras.Input((4,))
+    x = keras.layers.Dense(3, name="always_negative", kernel_initializer="zeros",
+                           bias_initializer=keras.initializers.Constant(-1.0))(inputs)
+    x = keras.layers.ReLU()(x)
+    model = keras.Model(inputs, keras.layers.Dense(2)(x))
+    with pytest.raises(ValueError, match="degenerate scale"):
+        export.to_tflite(model, representative_data=np.ones((8, 4), "float32"))
+
+
 class _Subclassed(keras.Model):
     def __init__(self):
         super().__init__()

@@ -18,6 +18,8 @@ MODES = ("int8", "dynamic", "float16", "float32")
 # Tensor types an integer-only operator may read or write (int32: biases, shapes).
 _INTEGER_TYPES = (np.int8, np.int16, np.int32, np.int64, np.uint8, np.bool_)
 _REPRESENTATIVE_EXAMPLES = 256
+# Below this an activation's int8 scale means calibration saw (almost) one value.
+_MIN_ACTIVATION_SCALE = 1e-6
 
 
 def to_tflite(model, representative_data=None, *, int8_io=True, mode="int8"):
@@ -155,7 +157,8 @@ def check_integer_only(tflite_bytes, model=None):
     Allowed: builtin operators whose tensors are all integer (int8/int16/int32
     accumulators and biases, bool, int64 shapes); QUANTIZE only on a model input
     and DEQUANTIZE only producing a model output (float I/O). Flex and custom
-    operators are rejected.
+    operators are rejected, and so are activations with a degenerate scale
+    (< 1e-6), which LiteRT refuses to allocate.
 
     Args:
         tflite_bytes: the flatbuffer.
@@ -197,6 +200,16 @@ def check_integer_only(tflite_bytes, model=None):
             ]
             if floats:
                 problem = f"computes in float (tensors {floats[:3]})"
+        if problem is None:
+            for i in op["outputs"]:
+                scales = tensors[i]["quantization_parameters"]["scales"]
+                if len(scales) and np.min(scales) < _MIN_ACTIVATION_SCALE:
+                    problem = (
+                        f"writes tensor {tensors[i]['name']!r} with a degenerate scale "
+                        f"{float(np.min(scales)):.3g} (calibration saw an empty range there; "
+                        "LiteRT aborts on such files): calibrate with representative inputs "
+                        "that exercise every layer, or train the model first"
+                    )
         if problem:
             problems.append((op, name, problem))
     if problems:
