@@ -23,10 +23,13 @@ at inference it uses the moving statistics, exactly what is exported.
 Supported layers: Conv2D, DepthwiseConv2D, Dense (activation linear, relu,
 relu6, softmax or sigmoid), BatchNormalization (folded, or quantized on its
 own), Add, Subtract, Multiply, Average, Concatenate, GlobalAveragePooling,
-AveragePooling, standalone ReLU / Activation / Softmax, and the scale-preserving
-MaxPooling, Flatten, Reshape, Dropout, ZeroPadding, Cropping, Permute and
-`tfcompress.layers.Shift`. Functional and Sequential models only; subclassed
-models cannot be cloned by Keras and raise a ValueError.
+AveragePooling, Rescaling, standalone ReLU / Activation / Softmax, the
+scale-preserving MaxPooling, Flatten, Reshape, Dropout, ZeroPadding, Cropping,
+Permute, and every tfcompress layer: GhostConv, GhostBottleneck and ShiftConv
+(lowered first, see `tfcompress.lowering`), Shift, BinaryConv/BinaryDense (Sign
++ a conv on +/-1 inputs) and AdderConv/AdderDense (`QuantizeAdderWrapper`).
+Functional and Sequential models only; subclassed models cannot be cloned by
+Keras and raise a ValueError.
 """
 
 import weakref
