@@ -461,20 +461,22 @@ def build_report(args, cases, costs, cost_source, cost_notes, load_before, load_
     return "\n".join(lines)
 
 
-def write_section(path, report):
-    section = f"{BEGIN_MARK}\n{report}\n{END_MARK}\n"
+def write_section(path, report, begin=BEGIN_MARK, end=END_MARK,
+                  title="## Layers (benchmarks/layers.py)"):
+    """Replaces the text between `begin` and `end` in `path`, or appends a titled section."""
+    section = f"{begin}\n{report}\n{end}\n"
     text = ""
     if os.path.exists(path):
         with open(path, encoding="utf-8") as f:
             text = f.read()
-    if BEGIN_MARK in text and END_MARK in text:
-        head, rest = text.split(BEGIN_MARK, 1)
-        tail = rest.split(END_MARK, 1)[1].lstrip("\n")
+    if begin in text and end in text:
+        head, rest = text.split(begin, 1)
+        tail = rest.split(end, 1)[1].lstrip("\n")
         text = head + section + ("\n" + tail if tail else "")
     else:
         if text and not text.endswith("\n"):
             text += "\n"
-        text += ("\n" if text else "") + "## Layers (benchmarks/layers.py)\n\n" + section
+        text += ("\n" if text else "") + title + "\n\n" + section
     with open(path, "w", encoding="utf-8") as f:
         f.write(text)
 

@@ -959,24 +959,6 @@ def build_report(args, machine, ours, theirs, tfmot_error, entries, load_before,
     return "\n".join(lines)
 
 
-def write_section(path, report):
-    section = f"{BEGIN_MARK}\n{report}\n{END_MARK}\n"
-    text = ""
-    if os.path.exists(path):
-        with open(path, encoding="utf-8") as f:
-            text = f.read()
-    if BEGIN_MARK in text and END_MARK in text:
-        head, rest = text.split(BEGIN_MARK, 1)
-        tail = rest.split(END_MARK, 1)[1].lstrip("\n")
-        text = head + section + ("\n" + tail if tail else "")
-    else:
-        if text and not text.endswith("\n"):
-            text += "\n"
-        text += ("\n" if text else "") + SECTION_TITLE + "\n\n" + section
-    with open(path, "w", encoding="utf-8") as f:
-        f.write(text)
-
-
 # --------------------------------------------------------------------------- main
 
 
@@ -1018,7 +1000,7 @@ def main(argv=None):
     )
     print(report)
     if args.output:
-        write_section(args.output, report)
+        machine.write_section(args.output, report, BEGIN_MARK, END_MARK, SECTION_TITLE)
         print(f"[wrote section into {args.output}]", file=sys.stderr)
     return 0
 
