@@ -354,18 +354,24 @@ def _fmt_count(value):
     return f"{value / 1e6:.2f}M" if value >= 1e4 else str(value)
 
 
+def report_header(started, wall):
+    """Command line, date, run time and machine lines that open every RESULTS.md section."""
+    command = "PYTHONPATH=. python3 " + " ".join(shlex.quote(a) for a in [sys.argv[0]] + sys.argv[1:])
+    return [
+        f"Command: `{command}`",
+        "",
+        f"Date: {started:%Y-%m-%d %H:%M:%S %Z}".rstrip() + f" (run took {wall:.0f} s)",
+        "",
+        "Machine:",
+        "",
+        *machine_lines(),
+    ]
+
+
 def build_report(args, cases, costs, cost_source, cost_notes, load_before, load_after, started, wall):
     by_key = {case.key: case for case in cases}
-    lines = []
+    lines = report_header(started, wall)
     add = lines.append
-    command = "PYTHONPATH=. python3 " + " ".join(shlex.quote(a) for a in [sys.argv[0]] + sys.argv[1:])
-    add(f"Command: `{command}`")
-    add("")
-    add(f"Date: {started:%Y-%m-%d %H:%M:%S %Z}".rstrip() + f" (run took {wall:.0f} s)")
-    add("")
-    add("Machine:")
-    add("")
-    lines.extend(machine_lines())
     add(f"- Load average (1, 5, 15 min) at start: {load_before}; at end: {load_after}")
     add("")
     add(

@@ -922,16 +922,8 @@ def _git_state():
 
 def build_report(args, machine, ours, theirs, tfmot_error, entries, load_before, load_after,
                  started, wall, git_state):
-    lines = []
+    lines = machine.report_header(started, wall)
     add = lines.append
-    command = "PYTHONPATH=. python3 " + " ".join(shlex.quote(a) for a in [sys.argv[0]] + sys.argv[1:])
-    add(f"Command: `{command}`")
-    add("")
-    add(f"Date: {started:%Y-%m-%d %H:%M:%S %Z}".rstrip() + f" (run took {wall:.0f} s)")
-    add("")
-    add("Machine:")
-    add("")
-    lines.extend(machine.machine_lines())
     from importlib import metadata
 
     state = git_state[0] if git_state[0] == git_state[1] else (
