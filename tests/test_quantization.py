@@ -127,16 +127,17 @@ def test_qat_export_matches_keras_within_one_step(case, per_channel):
 @pytest.mark.parametrize("se_ratio", [0.0, 0.25], ids=["plain", "squeeze_excite"])
 def test_ghost_bottleneck_qat_export_close(se_ratio):
     """Deeper composite (Ghost -> strided dw -> [SE] -> Ghost + projected shortcut):
-    every op integer; rounding differences of the int8 ADD/requantizations compound,
-    so the output agrees within 1 step on most elements and within a few everywhere
-    (measured: 96-98% within 1 step, at most 3-4 steps)."""
+    every op integer. Each op alone is within 1 step (a tie rounded the other way by
+    TFLite's fixed-point requantization), but the next conv amplifies such a step
+    in its input, so a few outputs land 2 steps away (measured over seeds 0-2:
+    99.79-99.99% within 1 step, at most 2 steps)."""
     report, ops, _ = _qat_roundtrip(
         lambda x: tl.GhostBottleneck(12, 8, strides=2, se_ratio=se_ratio, bn_momentum=0.5)(x),
         (8, 8, 4),
     )
     assert set(ops) <= INTEGER_OPS, ops
-    assert report["within_1_step"] >= 0.95, report
-    assert report["max_diff_steps"] <= 6, report
+    assert report["within_1_step"] >= 0.995, report
+    assert report["max_diff_steps"] <= 2.0 + 1e-3, report
 
 
 def test_wrapper_matches_numpy_fold_then_quantize():
