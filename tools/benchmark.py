@@ -20,6 +20,11 @@ import os
 import sys
 import time
 
+# tools/inspect.py would shadow the standard library's `inspect` for every import
+# made while tools/ is on sys.path (Python puts the script's folder first): drop it.
+_HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path[:] = [p for p in sys.path if os.path.abspath(p or ".") != _HERE]
+
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from absl import app, flags

@@ -5,8 +5,16 @@ Stages: train -> profile -> evaluate -> save `.keras` -> export float `.tflite`
 BatchNorm folding, or post-training calibration) -> integer-only int8 `.tflite`
 -> verify the int8 file against the Keras model it came from -> report.
 
+With `--recipe=deep_compression` the stages after training are Deep
+Compression's (Han et al., ICLR 2016): prune with retraining -> k-means weight
+sharing with centroid fine-tuning -> Huffman-coded container (reloaded and
+checked bit-exact) -> int8 `.tflite` (post-training, from the compressed
+weights) -> a before/after table, a JSON report, and PNG plots (weight
+histogram before/after clustering, sparsity per layer).
+
 Usage:
     python tools/compress.py                       # small_cnn on the shipped digits
+    python tools/compress.py --recipe=deep_compression --model=lenet_300_100
     python tools/compress.py --model=resnet20 --conv=adder --epochs=5
     python tools/compress.py --model=lenet5 --dataset=mnist --data_dir=/path/to/npz
     python tools/compress.py --quantize=ptq          # int8 by calibration, no fine-tuning
@@ -14,7 +22,13 @@ Usage:
 
 import json
 import os
+import sys
 import time
+
+# tools/inspect.py would shadow the standard library's `inspect` for every import
+# made while tools/ is on sys.path (Python puts the script's folder first): drop it.
+_HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path[:] = [p for p in sys.path if os.path.abspath(p or ".") != _HERE]
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -44,6 +58,21 @@ flags.DEFINE_float("qat_learning_rate", 1e-4, "QAT fine-tuning Adam learning rat
                    lower_bound=0.0)
 flags.DEFINE_integer("calibration_examples", 200, "Training inputs used to calibrate int8.",
                      lower_bound=1)
+flags.DEFINE_enum("recipe", "default", ("default", "deep_compression"),
+                  "default: train, export, quantize. deep_compression: prune, share "
+                  "weights, Huffman-code, then export int8.")
+flags.DEFINE_float("sparsity", None, "deep_compression: fraction of weights pruned in every "
+                   "layer (default: tuned per-layer targets for the LeNets, else 0.9).",
+                   lower_bound=0.0, upper_bound=0.999)
+flags.DEFINE_integer("clusters", 32, "deep_compression: shared weights per layer.", lower_bound=2)
+flags.DEFINE_enum("cluster_init", "linear", ("linear", "density", "random", "kmeans++"),
+                  "deep_compression: centroid initialization.")
+flags.DEFINE_integer("prune_epochs", 4, "deep_compression: epochs to reach the sparsity.",
+                     lower_bound=0)
+flags.DEFINE_integer("retrain_epochs", 4, "deep_compression: retraining epochs at the sparsity.",
+                     lower_bound=0)
+flags.DEFINE_integer("finetune_epochs", 3, "deep_compression: centroid fine-tuning epochs.",
+                     lower_bound=0)
 
 
 def build_model(name, input_shape, num_classes, conv="conv", width=1.0):
@@ -119,6 +148,10 @@ def main(argv):
     train_seconds = time.perf_counter() - start
     test_loss, test_acc = model.evaluate(x_test, y_test, batch_size=256, verbose=0)
     print(f"      test accuracy {test_acc:.4f} (loss {test_loss:.4f}) after {train_seconds:.1f} s")
+
+    if FLAGS.recipe == "deep_compression":
+        deep_compression_stage(model, stem, (x_train, y_train), (x_test, y_test), history)
+        return
 
     print("[4/7] save .keras")
     keras_path = os.path.join(FLAGS.output_dir, stem + ".keras")
@@ -199,6 +232,179 @@ def main(argv):
           + (f", {os.path.basename(int8['path'])}" if int8.get("path") else ""))
     if "error" in int8:
         raise SystemExit(f"int8 stage failed: {int8['error']}")
+
+
+def plot_weights(before, after, layer_name, path, centroids=None):
+    """Histogram of one layer's non-zero weights before/after weight sharing (the
+    paper's Figure 5); returns False without matplotlib."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return False
+    import numpy as np
+
+    before = before[before != 0]
+    after = after[after != 0]
+    fig, (ax_b, ax_a) = plt.subplots(1, 2, figsize=(11, 4), sharex=True)
+    ax_b.hist(before, bins=100, color="tab:blue")
+    ax_b.set_title(f"{layer_name}: {before.size:,} non-zero weights after pruning")
+    values, counts = np.unique(after, return_counts=True)
+    ax_a.bar(values, counts, width=(np.ptp(before) or 1.0) / 150, color="tab:orange")
+    ax_a.set_title(f"after weight sharing: {values.size} distinct values")
+    for ax in (ax_b, ax_a):
+        ax.set_xlabel("weight value")
+        ax.set_ylabel("count")
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return True
+
+
+def plot_sparsity(rows, path):
+    """Bar chart of the fraction of weights pruned per layer; False without matplotlib."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return False
+    names = [row["layer"] for row in rows]
+    fig, ax = plt.subplots(figsize=(max(5, 1.2 * len(names)), 4))
+    bars = ax.bar(names, [100 * row["sparsity"] for row in rows], color="tab:green")
+    for bar, row in zip(bars, rows):
+        ax.annotate(f"{100 * row['sparsity']:.1f}%", (bar.get_x() + bar.get_width() / 2,
+                    bar.get_height()), ha="center", va="bottom")
+    ax.set_ylabel("weights pruned (%)")
+    ax.set_ylim(0, 105)
+    ax.set_title("sparsity per layer")
+    ax.grid(axis="y", alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return True
+
+
+def deep_compression_stage(model, stem, train, test, history):
+    """Prune, share weights, code, export int8, and report (Deep Compression)."""
+    import numpy as np
+
+    from tfcompress import coding, deep_compression, export
+
+    x_train, _ = train
+    x_test, y_test = test
+    if FLAGS.sparsity is not None:
+        sparsity = FLAGS.sparsity
+    else:
+        sparsity = deep_compression.DEFAULT_SPARSITY.get(FLAGS.model, 0.9)
+    config = deep_compression.DeepCompressionConfig(
+        sparsity=sparsity, clusters=FLAGS.clusters, cluster_init=FLAGS.cluster_init,
+        prune_epochs=FLAGS.prune_epochs, retrain_epochs=FLAGS.retrain_epochs,
+        finetune_epochs=FLAGS.finetune_epochs, batch_size=FLAGS.batch_size,
+        learning_rate=FLAGS.learning_rate, seed=FLAGS.seed,
+    )
+    print(f"[4/7] prune -> retrain -> share weights ({FLAGS.clusters} clusters, "
+          f"{FLAGS.cluster_init} init) -> fine-tune")
+    result = deep_compression.run(model, train, test, config, verbose=2)
+
+    print("[5/7] Huffman-coded container")
+    container = os.path.join(FLAGS.output_dir, stem + ".tfcz")
+    coding.save_compressed(result.model, container)
+    restored = coding.load_compressed(container)
+    bit_exact = all(
+        np.array_equal(np.asarray(a).view(np.uint8), np.asarray(b).view(np.uint8))
+        for a, b in zip(result.model.get_weights(), restored.get_weights())
+    )
+    if not bit_exact:
+        raise SystemExit(f"{container}: the reloaded weights differ from the saved ones.")
+    print(result.report)
+
+    print("[6/7] int8 .tflite (post-training, from the compressed weights)")
+    int8 = {}
+    if FLAGS.quantize != "none":
+        tflite = export.to_tflite(result.model, x_train[: FLAGS.calibration_examples])
+        int8_path = os.path.join(FLAGS.output_dir, stem + "_int8.tflite")
+        write_atomic(int8_path, tflite)
+        parity = export.verify(tflite, result.model, x_test[: FLAGS.verify_examples])
+        probs, _ = export.run_tflite(tflite, x_test)
+        int8 = {"path": int8_path, "bytes": len(tflite),
+                "test_accuracy": float((probs.argmax(-1) == y_test).mean()), "parity": parity}
+        print(f"      int8 test accuracy {int8['test_accuracy']:.4f}, argmax agreement with "
+              f"Keras {parity['argmax_agreement']:.4f}")
+
+    print("[7/7] report")
+    float_tflite = export.to_tflite(model, mode="float32")
+    float_weights = [w for layer in model.layers for w in layer.get_weights()]
+    params = int(sum(w.size for w in float_weights))
+    nonzero_before = int(sum(np.count_nonzero(w) for w in float_weights))
+    nonzero_after = int(sum(np.count_nonzero(w) for w in result.model.get_weights()))
+    container_bytes = os.path.getsize(container)
+    totals = result.report.to_dict()["total"]
+    rows = [
+        ("", "before", "after"),
+        ("test accuracy", f"{result.accuracy['float']:.4f}", f"{result.accuracy['clustered']:.4f}"),
+        ("parameters", f"{params:,}", f"{params:,}"),
+        ("non-zero parameters", f"{nonzero_before:,}", f"{nonzero_after:,}"),
+        ("bits per parameter", "32.00", f"{8 * container_bytes / params:.2f}"),
+        ("stored bytes (float32 / container)", f"{4 * params:,}", f"{container_bytes:,}"),
+        (".tflite bytes (float32 / int8)", f"{len(float_tflite):,}",
+         f"{int8['bytes']:,}" if int8 else "-"),
+        ("compression ratio", "1.0x", f"{4 * params / container_bytes:.1f}x"),
+    ]
+    if int8:
+        rows.insert(2, ("int8 .tflite test accuracy", "-", f"{int8['test_accuracy']:.4f}"))
+    widths = [max(len(row[i]) for row in rows) for i in range(3)]
+    print()
+    for row in rows:
+        print("  " + "  ".join(cell.ljust(w) if i == 0 else cell.rjust(w)
+                               for i, (cell, w) in enumerate(zip(row, widths))))
+
+    largest = max((row for row in result.sparsity), key=lambda row: row["size"])
+
+    def weight_of(compressed_model):
+        layer = compressed_model.get_layer(largest["layer"])
+        return np.asarray(next(v for v in layer.weights if v.name == largest["weight"]))
+
+    before_kernel, after_kernel = weight_of(result.pruned_model), weight_of(result.model)
+    hist_path = os.path.join(FLAGS.output_dir, stem + "_weights.png")
+    sparsity_path = os.path.join(FLAGS.output_dir, stem + "_sparsity.png")
+    plotted = plot_weights(before_kernel, after_kernel, largest["layer"], hist_path)
+    plot_sparsity(result.sparsity, sparsity_path)
+    training_path = os.path.join(FLAGS.output_dir, stem + "_training.png")
+    plot_history(history, training_path)
+    report = {
+        "model": stem,
+        "recipe": "deep_compression",
+        "dataset": FLAGS.dataset,
+        "config": {k: v for k, v in vars(config).items()},
+        "accuracy": result.accuracy,
+        "params": params,
+        "nonzero_params": {"before": nonzero_before, "after": nonzero_after},
+        "container_bytes": container_bytes,
+        "float32_bytes": 4 * params,
+        "compression_ratio": 4 * params / container_bytes,
+        "float_tflite_bytes": len(float_tflite),
+        "compression_report": result.report.to_dict(),
+        "report_total": totals,
+        "sparsity": result.sparsity,
+        "seconds": result.seconds,
+        "int8": int8,
+        "files": {
+            "container": container,
+            "int8_tflite": int8.get("path"),
+            "plots": [hist_path, sparsity_path, training_path] if plotted else [],
+        },
+    }
+    write_atomic(os.path.join(FLAGS.output_dir, stem + "_report.json"),
+                 json.dumps(report, indent=2, default=str))
+    print(f"\nwrote {FLAGS.output_dir}/: {os.path.basename(container)}, "
+          + (f"{os.path.basename(int8['path'])}, " if int8 else "")
+          + f"{stem}_report.json"
+          + (f", {stem}_weights.png, {stem}_sparsity.png, {stem}_training.png" if plotted else ""))
 
 
 def quantize_stage(model, stem, x_train, y_train, x_test, y_test):

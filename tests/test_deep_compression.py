@@ -1,0 +1,153 @@
+"""The Deep Compression pipeline end to end on the shipped digits, and its tools.
+
+prune -> retrain -> cluster -> fine-tune -> Huffman-coded container -> int8 .tflite:
+the numbers each stage promises are checked against independent counts (zeros,
+distinct values, file bytes, LiteRT outputs).
+"""
+
+import json
+import os
+import subprocess
+import sys
+
+import keras
+import numpy as np
+import pytest
+
+from tfcompress import coding, datasets, deep_compression, export, models
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SPARSITY = {"fc1": 0.9, "fc2": 0.8, "predictions": 0.5}
+CLUSTERS = 16
+
+
+@pytest.fixture(scope="module")
+def digits():
+    return datasets.load("digits")
+
+
+@pytest.fixture(scope="module")
+def result(digits):
+    keras.utils.set_random_seed(0)
+    (x_train, y_train), test = digits
+    model = models.lenet_300_100(input_shape=(8, 8, 1))
+    model.compile(optimizer=keras.optimizers.Adam(1e-3),
+                  loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+    model.fit(x_train, y_train, batch_size=64, epochs=15, verbose=0)
+    config = deep_compression.DeepCompressionConfig(
+        sparsity=SPARSITY, clusters=CLUSTERS, prune_epochs=3, retrain_epochs=3,
+        finetune_epochs=2, batch_size=64,
+    )
+    return model, deep_compression.run(model, (x_train, y_train), test, config, verbose=0)
+
+
+def _kernel(model, name):
+    return np.asarray(model.get_layer(name).kernel)
+
+
+def test_each_layer_reaches_its_sparsity_and_cluster_count(result):
+    model, out = result
+    for name, target in SPARSITY.items():
+        kernel = _kernel(out.model, name)
+        zeros = int(np.sum(kernel == 0))
+        assert zeros == round(target * kernel.size), (name, zeros, kernel.size)
+        distinct = np.unique(kernel[kernel != 0])
+        assert 2 <= distinct.size <= CLUSTERS, (name, distinct.size)
+        # Pruning and clustering never revive a pruned weight.
+        pruned = _kernel(out.pruned_model, name)
+        np.testing.assert_array_equal(kernel == 0, pruned == 0)
+    # The original model is untouched: dense.
+    assert np.count_nonzero(_kernel(model, "fc1")) == _kernel(model, "fc1").size
+
+
+def test_accuracy_survives_each_stage(result, digits):
+    _, out = result
+    _, (x_test, y_test) = digits
+    acc = out.accuracy
+    assert acc["float"] > 0.93, acc
+    assert acc["pruned"] >= acc["float"] - 0.03, acc
+    assert acc["clustered"] >= acc["float"] - 0.03, acc
+    measured = float((out.model.predict(x_test, verbose=0).argmax(-1) == y_test).mean())
+    assert measured == pytest.approx(acc["clustered"])
+
+
+def test_container_round_trip_is_bit_exact_and_small(result, digits, tmp_path):
+    _, out = result
+    path = str(tmp_path / "lenet.tfcz")
+    coding.save_compressed(out.model, path)
+    restored = coding.load_compressed(path)
+    for a, b in zip(out.model.get_weights(), restored.get_weights()):
+        np.testing.assert_array_equal(np.asarray(a).view(np.uint32), np.asarray(b).view(np.uint32))
+    x = digits[1][0][:50]
+    np.testing.assert_array_equal(out.model.predict(x, verbose=0), restored.predict(x, verbose=0))
+    dense_bytes = 4 * out.model.count_params()
+    assert dense_bytes / os.path.getsize(path) > 8.0
+
+
+def test_compressed_model_exports_integer_only_with_parity(result, digits):
+    _, out = result
+    (x_train, _), (x_test, _) = digits
+    tflite = export.to_tflite(out.model, x_train[:200])
+    ops = export.check_integer_only(tflite, out.model)
+    assert "FULLY_CONNECTED" in ops
+    report = export.verify(tflite, out.model, x_test)
+    # Post-training int8 against the float model: quantization error, so the
+    # promise is the same class, not the same value within a step.
+    assert report["argmax_agreement"] >= 0.99, report
+
+
+def test_config_rejects_bad_settings():
+    with pytest.raises(ValueError, match="sparsity=1.0"):
+        deep_compression.DeepCompressionConfig(sparsity=1.0)
+    with pytest.raises(ValueError, match="prune_epochs=-1"):
+        deep_compression.DeepCompressionConfig(prune_epochs=-1)
+    with pytest.raises(ValueError, match="learning_rate=0"):
+        deep_compression.DeepCompressionConfig(learning_rate=0)
+
+
+def _tool(name, *args):
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", PYTHONPATH=ROOT)
+    return subprocess.run(
+        [sys.executable, os.path.join(ROOT, "tools", name), *args],
+        capture_output=True, text=True, env=env, timeout=600, check=False, cwd=ROOT,
+    )
+
+
+def test_compress_recipe_and_inspect_tool(tmp_path):
+    out_dir = tmp_path / "out"
+    run = _tool(
+        "compress.py", "--recipe=deep_compression", "--model=lenet_300_100", "--epochs=8",
+        "--prune_epochs=2", "--retrain_epochs=1", "--finetune_epochs=1", "--clusters=16",
+        f"--output_dir={out_dir}",
+    )
+    assert run.returncode == 0, run.stderr[-3000:]
+    report = json.loads((out_dir / "lenet_300_100_report.json").read_text())
+    container = out_dir / "lenet_300_100.tfcz"
+    assert report["container_bytes"] == container.stat().st_size
+    params = 64 * 300 + 300 + 300 * 100 + 100 + 100 * 10 + 10
+    assert report["params"] == params
+    assert report["compression_ratio"] == pytest.approx(4 * params / container.stat().st_size)
+    restored = coding.load_compressed(str(container))
+    kernel = np.asarray(restored.get_layer("fc1").kernel)
+    expected = deep_compression.DEFAULT_SPARSITY["lenet_300_100"]["fc1"]
+    assert np.sum(kernel == 0) == round(expected * kernel.size)
+    assert report["nonzero_params"]["after"] == sum(
+        int(np.count_nonzero(w)) for w in restored.get_weights()
+    )
+    for name in ("_weights.png", "_sparsity.png", "_int8.tflite"):
+        assert (out_dir / f"lenet_300_100{name}").stat().st_size > 0
+    assert "compression ratio" in run.stdout
+
+    shown = _tool("inspect.py", str(container), f"--json={tmp_path / 'inspect.json'}")
+    assert shown.returncode == 0, shown.stderr[-3000:]
+    assert "fc1" in shown.stdout and f"{params:,} parameters" in shown.stdout
+    inspected = json.loads((tmp_path / "inspect.json").read_text())
+    assert inspected["bytes"] == container.stat().st_size
+
+    damaged = tmp_path / "damaged.tfcz"
+    data = bytearray(container.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    damaged.write_bytes(bytes(data))
+    bad = _tool("inspect.py", str(damaged))
+    assert bad.returncode != 0
+    assert "checksum" in (bad.stdout + bad.stderr).lower()
