@@ -668,26 +668,6 @@ def goal_lines(args, ours, theirs, tfmot_error, n_test):
     return lines
 
 
-def _git_state():
-    """The commit the tfcompress package ran at, and whether its files had local changes."""
-    root = os.path.dirname(HERE)
-
-    def git(*argv):
-        try:
-            return subprocess.run(["git", "-C", root, *argv], capture_output=True, text=True,
-                                  check=False, timeout=30).stdout.strip()
-        except (OSError, subprocess.SubprocessError):
-            return ""
-
-    commit = git("rev-parse", "--short", "HEAD")
-    if not commit:
-        return "(not a git checkout)"
-    changed = git("status", "--porcelain", "--", "tfcompress").splitlines()
-    return f"at commit {commit}" + (
-        f" with uncommitted changes in {len(changed)} file(s) under tfcompress/" if changed else ""
-    )
-
-
 def build_report(args, machine, ours, theirs, tfmot_error, load_before, load_after, started,
                  wall, git_state):
     lines = machine.report_header(started, wall)
@@ -786,7 +766,7 @@ def main(argv=None):
     machine = _load_layers_benchmark()
     started = datetime.datetime.now().astimezone()
     load_before = machine._loadavg()
-    git_before = _git_state()
+    git_before = machine.git_state()
     t0 = time.perf_counter()
 
     (x, y), (xt, yt) = datasets.load("mnist", data_dir=args.data_dir)
@@ -814,7 +794,7 @@ def main(argv=None):
 
     report = build_report(
         args, machine, ours, theirs, tfmot_error, load_before, machine._loadavg(), started,
-        time.perf_counter() - t0, (git_before, _git_state()),
+        time.perf_counter() - t0, (git_before, machine.git_state()),
     )
     print(report)
     if args.json:

@@ -354,6 +354,26 @@ def _fmt_count(value):
     return f"{value / 1e6:.2f}M" if value >= 1e4 else str(value)
 
 
+def git_state():
+    """The commit the tfcompress package ran at, and whether its files had local changes."""
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+    def git(*argv):
+        try:
+            return subprocess.run(["git", "-C", root, *argv], capture_output=True, text=True,
+                                  check=False, timeout=30).stdout.strip()
+        except (OSError, subprocess.SubprocessError):
+            return ""
+
+    commit = git("rev-parse", "--short", "HEAD")
+    if not commit:
+        return "(not a git checkout)"
+    changed = git("status", "--porcelain", "--", "tfcompress").splitlines()
+    return f"at commit {commit}" + (
+        f" with uncommitted changes in {len(changed)} file(s) under tfcompress/" if changed else ""
+    )
+
+
 def report_header(started, wall):
     """Command line, date, run time and machine lines that open every RESULTS.md section."""
     command = "PYTHONPATH=. python3 " + " ".join(shlex.quote(a) for a in [sys.argv[0]] + sys.argv[1:])

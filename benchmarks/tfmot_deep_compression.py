@@ -72,6 +72,10 @@ import tensorflow as tf
 import tensorflow_model_optimization as tfmot
 import tf_keras as keras
 
+# Shared with the quantization comparison (script folder is on sys.path): the same
+# tf_keras LeNet-5, MNIST loader, compile settings, converter and LiteRT runner.
+from tfmot_quantization import _compile, convert, lenet5, load_mnist, run_tflite
+
 MODELS = ("lenet_300_100", "lenet5")
 REPRESENTATIVE_EXAMPLES = 200
 GZIP_LEVEL = 9
@@ -90,23 +94,6 @@ def lenet_300_100(input_shape=(28, 28, 1), num_classes=10):
     x = keras.layers.Dense(100, activation="relu", name="fc2")(x)
     outputs = keras.layers.Dense(num_classes, activation="softmax", name="predictions")(x)
     return keras.Model(inputs, outputs, name="lenet_300_100")
-
-
-def lenet5(input_shape=(28, 28, 1), num_classes=10):
-    """tfcompress.models.lenet5 on 28x28 inputs (padding "auto" -> "valid"), in tf_keras.
-
-    Caffe's LeNet-5: the convolutions have no activation.
-    """
-    padding = "valid"
-    inputs = keras.Input(input_shape, name="input")
-    x = keras.layers.Conv2D(20, 5, padding=padding, name="conv1")(inputs)
-    x = keras.layers.MaxPooling2D(2, padding=padding, name="pool1")(x)
-    x = keras.layers.Conv2D(50, 5, padding=padding, name="conv2")(x)
-    x = keras.layers.MaxPooling2D(2, padding=padding, name="pool2")(x)
-    x = keras.layers.Flatten(name="flatten")(x)
-    x = keras.layers.Dense(500, activation="relu", name="fc1")(x)
-    outputs = keras.layers.Dense(num_classes, activation="softmax", name="predictions")(x)
-    return keras.Model(inputs, outputs, name="lenet5")
 
 
 BUILDERS = {"lenet_300_100": lenet_300_100, "lenet5": lenet5}
@@ -170,73 +157,13 @@ def parse_args(argv):
     return args
 
 
-def load_mnist(path, train_examples=0, test_examples=0):
-    with np.load(path, allow_pickle=False) as data:
-        arrays = {k: data[k] for k in ("x_train", "y_train", "x_test", "y_test")}
-    out = []
-    for split, limit in (("train", train_examples), ("test", test_examples)):
-        x = (arrays[f"x_{split}"].astype(np.float32) / np.float32(255.0))[..., np.newaxis]
-        y = arrays[f"y_{split}"].astype(np.int32)
-        if limit:
-            x, y = x[:limit], y[:limit]
-        out.append((x, y))
-    return tuple(out)
-
-
 def _log(message):
     print(f"[tfmot] {message}", file=sys.stderr, flush=True)
-
-
-def _compile(model, lr):
-    model.compile(
-        optimizer=keras.optimizers.Adam(learning_rate=lr),
-        loss="sparse_categorical_crossentropy",
-        metrics=["accuracy"],
-    )
 
 
 def _accuracy(model, xt, yt):
     probs = model.predict(xt, batch_size=512, verbose=0)
     return float(np.mean(probs.argmax(-1) == yt))
-
-
-def convert(model, representative=None):
-    """float .tflite when `representative` is None, else full-integer int8 with int8 I/O."""
-    converter = tf.lite.TFLiteConverter.from_keras_model(model)
-    if representative is not None:
-        converter.optimizations = [tf.lite.Optimize.DEFAULT]
-        converter.representative_dataset = lambda: ([example[None]] for example in representative)
-        converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
-        converter.inference_input_type = tf.int8
-        converter.inference_output_type = tf.int8
-    return converter.convert()
-
-
-def run_tflite(tflite_bytes, x, batch_size=250):
-    """Float outputs of the file on `x`, quantizing inputs with the file's scale / zero point."""
-    from ai_edge_litert.interpreter import Interpreter
-
-    interpreter = Interpreter(model_content=tflite_bytes)
-    outputs = []
-    for start in range(0, len(x), batch_size):
-        chunk = x[start : start + batch_size]
-        inp = interpreter.get_input_details()[0]
-        interpreter.resize_tensor_input(inp["index"], list(chunk.shape))
-        interpreter.allocate_tensors()
-        inp = interpreter.get_input_details()[0]
-        out = interpreter.get_output_details()[0]
-        scale, zero = inp["quantization"]
-        if inp["dtype"] != np.float32 and scale:
-            info = np.iinfo(inp["dtype"])
-            chunk = np.clip(np.round(chunk / scale) + zero, info.min, info.max)
-        interpreter.set_tensor(inp["index"], chunk.astype(inp["dtype"]))
-        interpreter.invoke()
-        raw = interpreter.get_tensor(out["index"])
-        scale, zero = out["quantization"]
-        if out["dtype"] != np.float32 and scale:
-            raw = (raw.astype(np.float32) - zero) * scale
-        outputs.append(raw.astype(np.float32))
-    return np.concatenate(outputs)
 
 
 def gzip_size(blob):

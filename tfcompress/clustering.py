@@ -51,6 +51,12 @@ import numpy as np
 from keras import ops
 
 from tfcompress import _weights
+from tfcompress._cloning import (
+    built_copy,
+    check_model,
+    copy_weights_by_name,
+    fresh_copy,
+)
 
 __all__ = [
     "INIT_METHODS",
@@ -522,42 +528,6 @@ def _wrapper_kernel_numpy(wrapper, i):
 # --------------------------------------------------------------------------------------
 
 
-def _check_model(model, what):
-    if not isinstance(model, keras.Model):
-        raise ValueError(f"{what} needs a keras.Model. Received: {model!r}")  # noqa: TRY004
-    if not isinstance(model, keras.Sequential) and not hasattr(model, "_run_through_graph"):
-        raise ValueError(
-            f"{what} needs a functional or Sequential model; {model.name!r} is a subclassed "
-            f"{type(model).__name__}, which Keras cannot clone. Rebuild it with the "
-            "functional API."
-        )
-
-
-def _fresh_copy(layer):
-    return layer.__class__.from_config(layer.get_config())
-
-
-def _built_copy(layer, weights=None):
-    """A new layer with `layer`'s config, built, holding `weights` (default: its own)."""
-    new = _fresh_copy(layer)
-    if layer.built:
-        build_config = layer.get_build_config()
-        if build_config is None:
-            raise ValueError(
-                f"Cannot copy layer {layer.name!r}: it has no build config (input shape)."
-            )
-        new.build_from_config(build_config)
-        new.set_weights(layer.get_weights() if weights is None else weights)
-    return new
-
-
-def _copy_weights_by_name(source, target, skip):
-    for layer in source.layers:
-        if layer.name in skip or not layer.weights:
-            continue
-        target.get_layer(layer.name).set_weights(layer.get_weights())
-
-
 def cluster_weights(
     to_cluster, number_of_clusters, cluster_centroids_init="linear", preserve_sparsity=True,
     seed=None,
@@ -620,7 +590,7 @@ def cluster_weights(
         )
 
     model = to_cluster
-    _check_model(model, "cluster_weights")
+    check_model(model, "cluster_weights")
     names = [layer.name for layer in model.layers]
     clustered = [layer.name for layer in model.layers if isinstance(layer, ClusterWeights)]
     if clustered:
@@ -663,15 +633,15 @@ def cluster_weights(
 
     def clone(layer):
         if layer.name not in per_layer:
-            return _fresh_copy(layer)
-        inner = _built_copy(layer)
+            return fresh_copy(layer)
+        inner = built_copy(layer)
         return ClusterWeights(
             inner, per_layer[layer.name], cluster_centroids_init, preserve_sparsity,
             seed + 1000 * position[layer.name],
         )
 
     new = keras.models.clone_model(model, clone_function=clone)
-    _copy_weights_by_name(model, new, skip=per_layer)
+    copy_weights_by_name(model, new, skip=per_layer)
     return new
 
 
@@ -698,12 +668,12 @@ def strip_clustering(model):
         >>> len(np.unique(final.get_layer("fc1").kernel)) <= 16
         True
     """
-    _check_model(model, "strip_clustering")
+    check_model(model, "strip_clustering")
     wrappers = {layer.name for layer in model.layers if isinstance(layer, ClusterWeights)}
 
     def clone(layer):
         if not isinstance(layer, ClusterWeights):
-            return _fresh_copy(layer)
+            return fresh_copy(layer)
         inner = layer.layer
         weights = inner.get_weights()
         replaced = {
@@ -711,10 +681,10 @@ def strip_clustering(model):
             for i, k in enumerate(_weights.kernel_variables(inner))
         }
         weights = [replaced.get(id(v), w) for v, w in zip(inner.weights, weights)]
-        return _built_copy(inner, weights)
+        return built_copy(inner, weights)
 
     new = keras.models.clone_model(model, clone_function=clone)
-    _copy_weights_by_name(model, new, skip=wrappers)
+    copy_weights_by_name(model, new, skip=wrappers)
     return new
 
 

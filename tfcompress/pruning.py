@@ -61,6 +61,12 @@ import numpy as np
 from keras import ops
 
 from tfcompress import _weights
+from tfcompress._cloning import (
+    built_copy,
+    check_model,
+    copy_weights_by_name,
+    fresh_copy,
+)
 
 __all__ = [
     "ConstantSparsity",
@@ -710,47 +716,6 @@ class PruneLowMagnitude(keras.layers.Wrapper):
 # --------------------------------------------------------------------------------------
 
 
-def _check_model(model, what):
-    if not isinstance(model, keras.Model):
-        raise ValueError(f"{what} needs a keras.Model. Received: {model!r}")  # noqa: TRY004
-    if not isinstance(model, keras.Sequential) and not hasattr(model, "_run_through_graph"):
-        raise ValueError(
-            f"{what} needs a functional or Sequential model; {model.name!r} is a subclassed "
-            f"{type(model).__name__}, which Keras cannot clone. Rebuild it with the "
-            "functional API."
-        )
-    if not model.built:
-        raise ValueError(
-            f"{what} needs a built model; {model.name!r} is not built. Give it an input "
-            "shape (keras.Input) or call it on data first."
-        )
-
-
-def _fresh_copy(layer):
-    return layer.__class__.from_config(layer.get_config())
-
-
-def _built_copy(layer, weights=None):
-    """A new layer with `layer`'s config, built, holding `weights` (default: its own)."""
-    new = _fresh_copy(layer)
-    if layer.built:
-        build_config = layer.get_build_config()
-        if build_config is None:
-            raise ValueError(
-                f"Cannot copy layer {layer.name!r}: it has no build config (input shape)."
-            )
-        new.build_from_config(build_config)
-        new.set_weights(layer.get_weights() if weights is None else weights)
-    return new
-
-
-def _copy_weights_by_name(source, target, skip):
-    for layer in source.layers:
-        if layer.name in skip or not layer.weights:
-            continue
-        target.get_layer(layer.name).set_weights(layer.get_weights())
-
-
 def _walk(layer):
     """`layer` and, recursively, the layers of nested models (not inside wrappers)."""
     yield layer
@@ -828,7 +793,7 @@ def prune_low_magnitude(to_prune, pruning_schedule=None, sparsity_m_by_n=None, *
         raise ValueError(
             f"Layer arguments are for a single layer, not a model. Received: {sorted(kwargs)}"
         )
-    _check_model(model, "prune_low_magnitude")
+    check_model(model, "prune_low_magnitude")
     names = [layer.name for layer in model.layers]
     pruned = [layer.name for layer in _collect_wrappers(model)]
     if pruned:
@@ -874,11 +839,11 @@ def prune_low_magnitude(to_prune, pruning_schedule=None, sparsity_m_by_n=None, *
 
     def clone(layer):
         if layer.name not in per_layer:
-            return _fresh_copy(layer)
-        return PruneLowMagnitude(_built_copy(layer), per_layer[layer.name], sparsity_m_by_n)
+            return fresh_copy(layer)
+        return PruneLowMagnitude(built_copy(layer), per_layer[layer.name], sparsity_m_by_n)
 
     new = keras.models.clone_model(model, clone_function=clone)
-    _copy_weights_by_name(model, new, skip=per_layer)
+    copy_weights_by_name(model, new, skip=per_layer)
     return new
 
 
@@ -906,7 +871,7 @@ def strip_pruning(model):
         >>> float(np.mean(final.get_layer("fc1").kernel.numpy() == 0))
         0.9
     """
-    _check_model(model, "strip_pruning")
+    check_model(model, "strip_pruning")
     nested = [
         layer.name for layer in model.layers
         if isinstance(layer, keras.Model) and _collect_wrappers(layer)
@@ -921,7 +886,7 @@ def strip_pruning(model):
 
     def clone(layer):
         if not isinstance(layer, PruneLowMagnitude):
-            return _fresh_copy(layer)
+            return fresh_copy(layer)
         inner = layer.layer
         masked = {
             id(k): _to_numpy(v)
@@ -930,10 +895,10 @@ def strip_pruning(model):
         weights = [
             masked.get(id(v), w) for v, w in zip(inner.weights, inner.get_weights())
         ]
-        return _built_copy(inner, weights)
+        return built_copy(inner, weights)
 
     new = keras.models.clone_model(model, clone_function=clone)
-    _copy_weights_by_name(model, new, skip=wrappers)
+    copy_weights_by_name(model, new, skip=wrappers)
     return new
 
 
