@@ -7,10 +7,14 @@ to 44 KB (39x); weights kept per layer 8% / 9% / 26% (LeNet-300-100) and 66% / 1
 (LeNet-5). The paper's KB are 1000 bytes: 1070 KB is 266,610 float32 parameters.
 
 tfcompress side, for `lenet_300_100` and `lenet5` (tfcompress.models, 28x28x1 inputs): trains the
-float model (Adam `--lr`, batch 128, sparse categorical cross-entropy, `--epochs`, seed), then
+float model with `deep_compression.train_classifier` (Adam `--lr` with cosine decay, batch 128,
+sparse categorical cross-entropy, `--epochs`, seed; every epoch on a fresh copy of the training
+images shifted by up to `--augment_shift` pixels, `datasets.random_shift`), then
 runs `tfcompress.deep_compression.run` with DeepCompressionConfig(sparsity =
-deep_compression.DEFAULT_SPARSITY[model] (or `--sparsity`), clusters = `--clusters`,
-prune_epochs, retrain_epochs, finetune_epochs, learning rates from the flags): pruning with
+deep_compression.DEFAULT_SPARSITY[model] (or `--sparsity`), clusters =
+deep_compression.MODEL_CLUSTERS[model] (or `--clusters`),
+prune_epochs, retrain_epochs, finetune_epochs, learning rates, decay and shift from the
+flags): pruning with
 retraining, sparsity-preserving weight sharing (k-means, linear initialization) with centroid
 fine-tuning, and the Huffman-coded per-layer report. The compressed model is written with
 `tfcompress.coding.save_compressed`: the container's file size is the compressed size and the
@@ -133,16 +137,16 @@ def parse_args(argv):
         help=f"folder holding mnist.npz (default ${datasets.ENV_VAR})",
     )
     parser.add_argument("--models", default=",".join(MODELS), help="comma-separated subset")
-    parser.add_argument("--epochs", type=int, default=None, help="float training epochs (10)")
+    parser.add_argument("--epochs", type=int, default=None, help="float training epochs (20)")
     parser.add_argument("--prune_epochs", type=int, default=None,
-                        help="epochs while sparsity rises to the target (4)")
+                        help="epochs while sparsity rises to the target (6)")
     parser.add_argument("--retrain_epochs", type=int, default=None,
-                        help="retraining epochs at the target sparsity (4)")
+                        help="retraining epochs at the target sparsity (12)")
     parser.add_argument("--finetune_epochs", type=int, default=None,
                         help="centroid fine-tuning epochs (3)")
     parser.add_argument("--clusters", type=int, default=None,
                         help="shared weights per layer (default "
-                        "tfcompress.deep_compression.DEFAULT_CLUSTERS)")
+                        "tfcompress.deep_compression.MODEL_CLUSTERS)")
     parser.add_argument(
         "--sparsity", type=_parse_sparsity, default=None,
         help="fraction pruned in every layer, or JSON {model: {layer: fraction}} (default "
@@ -153,6 +157,16 @@ def parse_args(argv):
     parser.add_argument("--finetune_lr", type=float, default=1e-4,
                         help="Adam learning rate of the centroid fine-tuning")
     parser.add_argument("--batch_size", type=int, default=128)
+    parser.add_argument(
+        "--lr_decay", default="cosine", choices=("cosine", "constant"),
+        help="learning rate of every training stage: cosine decay to 1%% over the stage "
+        "(default) or constant",
+    )
+    parser.add_argument(
+        "--augment_shift", type=int, default=None,
+        help="move each training image by a random offset of up to this many pixels per "
+        "axis, new offsets every epoch, in every training stage (default 1; --quick: 0)",
+    )
     parser.add_argument(
         "--train_examples", type=int, default=None,
         help="train on the first N training images (default all 60000; --quick: 6000)",
@@ -184,10 +198,10 @@ def parse_args(argv):
     args = parser.parse_args(argv)
     if args.quick:
         defaults = {"epochs": 1, "prune_epochs": 1, "retrain_epochs": 1, "finetune_epochs": 1,
-                    "train_examples": 6000, "test_examples": 2000}
+                    "train_examples": 6000, "test_examples": 2000, "augment_shift": 0}
     else:
-        defaults = {"epochs": 10, "prune_epochs": 4, "retrain_epochs": 4, "finetune_epochs": 3,
-                    "train_examples": 0, "test_examples": 0}
+        defaults = {"epochs": 20, "prune_epochs": 6, "retrain_epochs": 12, "finetune_epochs": 3,
+                    "train_examples": 0, "test_examples": 0, "augment_shift": 1}
     for name, value in defaults.items():
         if getattr(args, name) is None:
             setattr(args, name, value)
@@ -277,7 +291,9 @@ def targets_for(args, name, deep_compression):
     sparsity = (args.sparsity or {}).get(name)
     if sparsity is None:
         sparsity = dict(deep_compression.DEFAULT_SPARSITY[name])
-    clusters = args.clusters if args.clusters is not None else deep_compression.DEFAULT_CLUSTERS
+    clusters = args.clusters
+    if clusters is None:
+        clusters = deep_compression.MODEL_CLUSTERS.get(name, deep_compression.DEFAULT_CLUSTERS)
     return sparsity, clusters
 
 
@@ -291,11 +307,15 @@ def run_tfcompress(name, args, data):
     keras.utils.set_random_seed(args.seed)
     model = getattr(models, name)(input_shape=(28, 28, 1))
     result["params"] = int(model.count_params())
-    _compile(model, args.lr)
+    from tfcompress import deep_compression
+
     _log(f"tfcompress {name}: float training, {args.epochs} epoch(s)")
     start = time.perf_counter()
-    if args.epochs:
-        model.fit(x, y, batch_size=args.batch_size, epochs=args.epochs, verbose=0)
+    deep_compression.train_classifier(
+        model, x, y, args.epochs, args.lr, batch_size=args.batch_size,
+        learning_rate_decay=args.lr_decay, augment_shift=args.augment_shift,
+        seed=[args.seed, 0],
+    )
     result["seconds"]["train_float"] = time.perf_counter() - start
     result["float_acc"] = _accuracy(model, xt, yt)
     _log(f"tfcompress {name}: float accuracy {result['float_acc']:.4f}")
@@ -303,7 +323,7 @@ def run_tfcompress(name, args, data):
         np.savez(os.path.join(args.work_dir, f"{name}.npz"), *model.get_weights())
 
     try:
-        from tfcompress import coding, deep_compression
+        from tfcompress import coding
 
         sparsity, clusters = targets_for(args, name, deep_compression)
         result["sparsity_target"], result["clusters"] = sparsity, clusters
@@ -311,7 +331,8 @@ def run_tfcompress(name, args, data):
             sparsity=sparsity, clusters=clusters, prune_epochs=args.prune_epochs,
             retrain_epochs=args.retrain_epochs, finetune_epochs=args.finetune_epochs,
             batch_size=args.batch_size, learning_rate=args.lr,
-            finetune_learning_rate=args.finetune_lr, seed=args.seed,
+            finetune_learning_rate=args.finetune_lr, learning_rate_decay=args.lr_decay,
+            augment_shift=args.augment_shift, seed=args.seed,
         )
         result["config"] = {k: v for k, v in vars(config).items()}
         _log(f"tfcompress {name}: deep_compression.run, sparsity {sparsity}, "
@@ -402,6 +423,7 @@ def run_tfmot(args, ours):
         "--prune_epochs", str(args.prune_epochs), "--retrain_epochs", str(args.retrain_epochs),
         "--finetune_epochs", str(args.finetune_epochs), "--batch_size", str(args.batch_size),
         "--lr", repr(args.lr), "--finetune_lr", repr(args.finetune_lr),
+        "--lr_decay", args.lr_decay, "--augment_shift", str(args.augment_shift),
         "--seed", str(args.seed), "--train_examples", str(args.train_examples),
         "--test_examples", str(args.test_examples), "--recipes", json.dumps(recipes),
     ]
@@ -552,9 +574,10 @@ def model_lines(name, args, mine, theirs_model, tfmot_error):
     names = list(paper["kept"])
     if ours_layers or same:
         target = mine.get("sparsity_target")
+        clusters = mine.get("clusters")
         add("| Layer | Weights | Kept: paper | Kept: target | Kept: tfcompress | Kept: tfmot "
-            "(same targets) | Distinct non-zero values tfcompress / tfmot |")
-        add("|---|---:|---:|---:|---:|---:|---:|")
+            "(same targets) | Clusters | Distinct non-zero values tfcompress / tfmot |")
+        add("|---|---:|---:|---:|---:|---:|---:|---:|")
         for layer in names:
             o, t = ours_layers.get(layer), same.get(layer)
             size = (o or t or {}).get("weights")
@@ -566,6 +589,7 @@ def model_lines(name, args, mine, theirs_model, tfmot_error):
                 "-" if goal is None else _pct(1 - goal),
                 _pct(1 - o["sparsity"]) if o else "-",
                 _pct(1 - t["sparsity"]) if t else "-",
+                str((clusters.get(layer, "-") if isinstance(clusters, dict) else clusters) or "-"),
                 f"{o['unique_nonzero'] if o else '-'} / {t['unique_nonzero'] if t else '-'}",
             ]
             add("| " + " | ".join(cells) + " |")
@@ -573,7 +597,7 @@ def model_lines(name, args, mine, theirs_model, tfmot_error):
         if kept_o is not None or kept_t is not None:
             total = sum(v["weights"] for v in (ours_layers or same).values())
             add(f"| all kernels | {total:,} | {_pct(_paper_total(name))} | - "
-                f"| {_pct(kept_o)} | {_pct(kept_t)} | - |")
+                f"| {_pct(kept_o)} | {_pct(kept_t)} | - | - |")
         add("")
     if mine.get("report_text"):
         add("tfcompress per-layer coding report (`str(result.report)`, "
@@ -683,15 +707,19 @@ def build_report(args, machine, ours, theirs, tfmot_error, load_before, load_aft
     add("")
     add("### Setup")
     add("")
-    clusters = next((m["clusters"] for m in ours.values()
-                     if isinstance(m, dict) and "clusters" in m), args.clusters)
     add(
         f"MNIST, {ours['_n_train']} training / {ours['_n_test']} test images (pixels / 255). "
-        f"Float training {args.epochs} epoch(s), Adam {args.lr:g}, batch {args.batch_size}, "
+        + (f"Every training stage moves each training image by a random offset of up to "
+           f"{args.augment_shift} pixel(s) per axis (new offsets every epoch, zero fill; "
+           "tfcompress.datasets.random_shift; the paper used no augmentation). "
+           if args.augment_shift else "No data augmentation. ")
+        + ("Learning rates decay along a cosine to 1% over each stage. "
+           if args.lr_decay == "cosine" else "Constant learning rates. ")
+        + f"Float training {args.epochs} epoch(s), Adam {args.lr:g}, batch {args.batch_size}, "
         f"seed {args.seed}; pruning {args.prune_epochs} epoch(s) from 0 to the per-layer target "
         f"(polynomial schedule) + {args.retrain_epochs} epoch(s) of retraining at the target, "
-        f"Adam {args.lr:g}; weight sharing with {clusters or 'the default number of'} clusters "
-        "per layer (linear "
+        f"Adam {args.lr:g}; weight sharing with k clusters per layer (k: the Clusters column "
+        "of each model's layer table; linear "
         f"initialization, sparsity preserved), {args.finetune_epochs} epoch(s) of fine-tuning, "
         f"Adam {args.finetune_lr:g}; the same for both tools. Errors are on the test images "
         "(tfcompress: the model reloaded from the container; .tflite rows: the file run by "

@@ -27,7 +27,8 @@ binary; 32x32x3) and `ghostnet` (32x32x3, 10 classes), with untrained weights
 `--latency_runs` samples, every file timed round-robin, with LiteRT's default CPU setup (XNNPACK
 delegate) and with its builtin kernels only. The same for single layers at a resnet20 stage-1
 shape (Conv2D, GhostConv, ShiftConv, Shift, AdderConv, BinaryConv, Sign) and for the operators
-of one AdderConv kernel tap (SUB, ABS, SUM, MUL), to show where int8 time goes (`--no_probes`
+of one AdderConv kernel tap (SUB, LEAKY_RELU with alpha -1 = |d|, SUM, MUL; and ABS, which
+the layer used before and computes the same |d|), to show where int8 time goes (`--no_probes`
 skips them). An int8 export that fails, or a file LiteRT cannot run (every file is first loaded
 and run once in a child process, since LiteRT aborts the process on some files), is reported
 with its error instead of a time.
@@ -81,7 +82,8 @@ LATENCY_MODELS = ("small_cnn",) + tuple(f"resnet20_{c}" for c in models.CONVS) +
 PROBE_CHANNELS = 16
 LAYER_PROBES = (
     "Conv2D(3x3)", "GhostConv(3x3)", "ShiftConv(3x3)", "Shift(3x3)", "AdderConv(3x3)",
-    "BinaryConv(3x3)", "Sign", "op SUB x[..., None] - w", "op ABS", "op SUM over C_in", "op MUL by -1",
+    "BinaryConv(3x3)", "Sign", "op SUB x[..., None] - w", "op LEAKY_RELU(-1)", "op ABS",
+    "op SUM over C_in", "op MUL by -1",
 )
 QUICK_LATENCY_MODELS = ("small_cnn", "resnet20_conv", "resnet20_shift")
 MARGINAL_SPEEDUP = 1.1  # a speed-up under this is reported as marginal
@@ -472,6 +474,7 @@ def build_layer_probe(name, args):
         ShiftConv,
         Sign,
     )
+    from tfcompress.layers.adder import magnitude
 
     keras.utils.set_random_seed(args.seed)
     c = PROBE_CHANNELS
@@ -485,8 +488,11 @@ def build_layer_probe(name, args):
         "Sign": lambda: Sign(),
     }
     w = np.random.default_rng(args.seed).standard_normal((c, c)).astype(np.float32)
-    op_builders = {  # (input shape, function); AdderConv computes sum(abs(x[..., None] - w)) * -1
+    # (input shape, function); AdderConv computes sum(|x[..., None] - w|) * -1, with |d| as
+    # leaky_relu(d, -1) (tfcompress.layers.adder.magnitude); ABS is the alternative it replaced.
+    op_builders = {
         "op SUB x[..., None] - w": ((32, 32, c), lambda t: keras.ops.expand_dims(t, -1) - w),
+        "op LEAKY_RELU(-1)": ((32, 32, c, c), magnitude),
         "op ABS": ((32, 32, c, c), keras.ops.abs),
         "op SUM over C_in": ((32, 32, c, c), lambda t: keras.ops.sum(t, axis=-2)),
         "op MUL by -1": ((32, 32, c), lambda t: t * -1.0),
@@ -717,7 +723,9 @@ def latency_lines(args, entries):
                     "(a resnet20 stage-1 block; Shift is ShiftConv's shift without its 1x1 "
                     "convolution, Sign is BinaryConv's input binarization), and the operators "
                     "one AdderConv kernel tap lowers to (AdderConv computes "
-                    "sum(abs(x[..., None] - w), over C_in) * -1 per tap, 9 taps per 3x3 layer):"
+                    "sum(|x[..., None] - w|, over C_in) * -1 per tap, 9 taps per 3x3 layer, "
+                    "with |d| as LEAKY_RELU(d, alpha=-1); ABS, which computes the same |d|, "
+                    "for comparison):"
                 )
                 add("")
             if entry["group"] == "model":

@@ -11,8 +11,9 @@ tfmot has no Deep Compression pipeline and no entropy-coded container; its close
 "collaborative optimization" guides: pruning, then sparsity-preserving clustering, then
 TFLite) is run here. For each model (`lenet_300_100`, `lenet5`, rebuilt layer for layer as
 `tfcompress/models.py` defines them) it loads MNIST from a keras.datasets-layout .npz file
-(pixels / 255, channel axis added), sets the seed, trains the float model (Adam 1e-3, batch 128,
-sparse categorical cross-entropy; or, with `--float_weights DIR`, loads the trained float weights
+(pixels / 255, channel axis added), sets the seed, trains the float model (`train`: Adam `--lr`
+with cosine decay, batch 128, sparse categorical cross-entropy, `--augment_shift` random shifts,
+as tfcompress.deep_compression.train_classifier; or, with `--float_weights DIR`, loads the trained float weights
 from DIR/<model>.npz instead), then, for every recipe given with `--recipes`:
 
     prune      tfmot.sparsity.keras.prune_low_magnitude on each named layer with
@@ -55,6 +56,7 @@ Run (from the repository root):
 
 import argparse
 import gzip
+import importlib.util
 import json
 import os
 import sys
@@ -74,7 +76,22 @@ import tf_keras as keras
 
 # Shared with the quantization comparison (script folder is on sys.path): the same
 # tf_keras LeNet-5, MNIST loader, compile settings, converter and LiteRT runner.
-from tfmot_quantization import _compile, convert, lenet5, load_mnist, run_tflite
+from tfmot_quantization import convert, lenet5, load_mnist, run_tflite
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+def _load_random_shift():
+    """tfcompress.datasets.random_shift, loaded from its file: that module is NumPy only, but
+    importing it through the tfcompress package would import Keras 3 here."""
+    path = os.path.join(os.path.dirname(HERE), "tfcompress", "datasets.py")
+    spec = importlib.util.spec_from_file_location("tfcompress_datasets_numpy_only", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.random_shift
+
+
+random_shift = _load_random_shift()
 
 MODELS = ("lenet_300_100", "lenet5")
 REPRESENTATIVE_EXAMPLES = 200
@@ -116,6 +133,10 @@ def parse_args(argv):
                         help="Adam learning rate of float training, pruning and retraining")
     parser.add_argument("--finetune_lr", type=float, default=1e-4,
                         help="Adam learning rate of the clustered fine-tuning")
+    parser.add_argument("--lr_decay", default="cosine", choices=("cosine", "constant"),
+                        help="cosine decay to 1%% over each training stage, or constant")
+    parser.add_argument("--augment_shift", type=int, default=0,
+                        help="random shift of up to this many pixels per image and epoch")
     parser.add_argument(
         "--recipes", default=None,
         help='JSON {"NAME": {"MODEL": {"sparsity": S, "clusters": K}}} (default: 92%% sparsity '
@@ -140,7 +161,7 @@ def parse_args(argv):
     unknown = [m for m in args.models if m not in BUILDERS]
     if unknown or not args.models:
         parser.error(f"--models: unknown {unknown}; choose from {', '.join(MODELS)}")
-    for name in ("epochs", "prune_epochs", "retrain_epochs", "finetune_epochs"):
+    for name in ("epochs", "prune_epochs", "retrain_epochs", "finetune_epochs", "augment_shift"):
         if getattr(args, name) < 0:
             parser.error(f"--{name} must be >= 0")
     if args.recipes is None:
@@ -203,6 +224,30 @@ def layer_report(model):
     return report
 
 
+def train(model, x, y, epochs, lr, args, seed, callbacks=()):
+    """What tfcompress.deep_compression.train_classifier does, in tf_keras: Adam with cosine
+    decay to 1% over the stage (or a constant rate), sparse categorical cross-entropy, and with
+    --augment_shift one fit per epoch on random_shift(x) from a default_rng(seed) (the same
+    seeds as tfcompress: float [seed, 0], pruning [seed, 1], fine-tuning [seed, 2], so both
+    tools see the same shifted images)."""
+    steps = int(np.ceil(len(x) / args.batch_size)) * epochs
+    schedule = lr
+    if args.lr_decay == "cosine" and steps:
+        schedule = keras.optimizers.schedules.CosineDecay(lr, decay_steps=steps, alpha=0.01)
+    model.compile(optimizer=keras.optimizers.Adam(learning_rate=schedule),
+                  loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+    if not epochs:
+        return
+    if not args.augment_shift:
+        model.fit(x, y, batch_size=args.batch_size, epochs=epochs, verbose=0,
+                  callbacks=list(callbacks))
+        return
+    rng = np.random.default_rng(seed)
+    for epoch in range(epochs):
+        model.fit(random_shift(x, args.augment_shift, rng), y, batch_size=args.batch_size,
+                  epochs=epoch + 1, initial_epoch=epoch, verbose=0, callbacks=list(callbacks))
+
+
 def prune(model, targets, args, steps_per_epoch, data):
     """prune_low_magnitude with PolynomialDecay per layer, pruning + retraining epochs."""
     (x, y) = data
@@ -229,11 +274,8 @@ def prune(model, targets, args, steps_per_epoch, data):
     # As tfmot's own prune_low_magnitude(model) does: the clone reuses `model`'s layers (the
     # wrappers wrap them), so their trained weights are the starting point and are modified.
     pruned = keras.models.clone_model(model, clone_function=wrap)
-    _compile(pruned, args.lr)
-    epochs = args.prune_epochs + args.retrain_epochs
-    if epochs:
-        pruned.fit(x, y, batch_size=args.batch_size, epochs=epochs, verbose=0,
-                   callbacks=[sparsity.UpdatePruningStep()])
+    train(pruned, x, y, args.prune_epochs + args.retrain_epochs, args.lr, args,
+          seed=[args.seed, 1], callbacks=[sparsity.UpdatePruningStep()])
     return sparsity.strip_pruning(pruned), {"end_step": end_step, "frequency": frequency}
 
 
@@ -258,9 +300,7 @@ def cluster(model, clusters, args, data):
     # The clone reuses `model`'s layers: each ClusterWeights wrapper initializes its centroids
     # from the pruned kernel of the layer it wraps.
     clustered = keras.models.clone_model(model, clone_function=wrap)
-    _compile(clustered, args.finetune_lr)
-    if args.finetune_epochs:
-        clustered.fit(x, y, batch_size=args.batch_size, epochs=args.finetune_epochs, verbose=0)
+    train(clustered, x, y, args.finetune_epochs, args.finetune_lr, args, seed=[args.seed, 2])
     return clustering.strip_clustering(clustered)
 
 
@@ -330,7 +370,6 @@ def run_model(name, args, data):
             f"{name}: {result['params']} parameters, tfcompress.models documents "
             f"{EXPECTED_PARAMS[name]}: the rebuild differs from tfcompress"
         )
-    _compile(model, args.lr)
     given = os.path.join(args.float_weights, f"{name}.npz") if args.float_weights else None
     start = time.perf_counter()
     if given and os.path.isfile(given):
@@ -341,8 +380,7 @@ def run_model(name, args, data):
     else:
         result["float_weights"] = "trained"
         _log(f"{name}: float training, {args.epochs} epoch(s)")
-        if args.epochs:
-            model.fit(x, y, batch_size=args.batch_size, epochs=args.epochs, verbose=0)
+        train(model, x, y, args.epochs, args.lr, args, seed=[args.seed, 0])
     result["seconds"]["train_float"] = time.perf_counter() - start
     result["keras_float_acc"] = _accuracy(model, xt, yt)
     _log(f"{name}: float accuracy {result['keras_float_acc']:.4f}")

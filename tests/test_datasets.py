@@ -373,3 +373,73 @@ def test_real_fashion_mnist():
     assert np.bincount(y_train).tolist() == [6000] * 10
     assert np.bincount(y_test).tolist() == [1000] * 10
     assert y_train[0] == 9 and y_test[0] == 9  # "Ankle boot"
+
+
+# --- random_shift -------------------------------------------------------------
+
+
+def _shifted(image, dy, dx):
+    """Reference: out[r, c] = image[r - dy, c - dx], zero outside, by explicit loops."""
+    out = np.zeros_like(image)
+    height, width = image.shape[:2]
+    for r in range(height):
+        for c in range(width):
+            if 0 <= r - dy < height and 0 <= c - dx < width:
+                out[r, c] = image[r - dy, c - dx]
+    return out
+
+
+def test_random_shift_moves_each_image_by_an_allowed_offset():
+    x = np.random.default_rng(0).uniform(0.1, 1.0, (40, 6, 7, 2)).astype("float32")
+    out = datasets.random_shift(x, 2, seed=0)
+    assert out.shape == x.shape and out.dtype == x.dtype
+    offsets = []
+    for image, moved in zip(x, out):
+        matches = [
+            (dy, dx) for dy in range(-2, 3) for dx in range(-2, 3)
+            if np.array_equal(moved, _shifted(image, dy, dx))
+        ]
+        assert len(matches) == 1, matches  # positive pixels: the offset is unique
+        offsets.append(matches[0])
+    assert len(set(offsets)) > 10  # not one offset for all
+
+
+def test_random_shift_offsets_are_uniform_and_seeded():
+    # One bright pixel in the middle of each 9x9 image: its new position is the offset.
+    x = np.zeros((5000, 9, 9, 1), dtype=np.uint8)
+    x[:, 4, 4, 0] = 255
+    out = datasets.random_shift(x, 1, seed=3)
+    assert out.dtype == np.uint8
+    rows, cols = np.nonzero(out[..., 0].reshape(len(x), -1) == 255)
+    assert np.array_equal(rows, np.arange(len(x)))  # the pixel survives in every image
+    counts = np.bincount(cols, minlength=81).reshape(9, 9)
+    assert counts.sum() == 5000 and counts[3:6, 3:6].min() > 0
+    assert counts[3:6, 3:6].sum() == 5000  # offsets within +/-1
+    # 9 equally likely offsets: 555.6 expected each, sd 22; 5 sd.
+    assert np.abs(counts[3:6, 3:6] - 5000 / 9).max() < 115
+    np.testing.assert_array_equal(out, datasets.random_shift(x, 1, seed=3))
+    assert not np.array_equal(out, datasets.random_shift(x, 1, seed=4))
+    rng = np.random.default_rng(3)
+    np.testing.assert_array_equal(out, datasets.random_shift(x, 1, seed=rng))
+
+
+def test_random_shift_zero_is_a_copy():
+    x = np.arange(2 * 3 * 3).reshape(2, 3, 3, 1)
+    out = datasets.random_shift(x, 0)
+    np.testing.assert_array_equal(out, x)
+    assert out is not x
+
+
+@pytest.mark.parametrize(
+    "shape, max_shift, match",
+    [
+        ((4, 8, 8), 1, r"4-D array.*shape \(4, 8, 8\)"),
+        ((4, 8, 8, 1), -1, r"\[0, 8\).*max_shift=-1"),
+        ((4, 8, 5, 1), 5, r"\[0, 5\).*max_shift=5"),
+        ((4, 8, 8, 1), 1.5, r"max_shift=1.5"),
+        ((4, 8, 8, 1), True, r"max_shift=True"),
+    ],
+)
+def test_random_shift_rejects_bad_input(shape, max_shift, match):
+    with pytest.raises(ValueError, match=match):
+        datasets.random_shift(np.zeros(shape), max_shift)

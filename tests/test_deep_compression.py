@@ -103,6 +103,46 @@ def test_config_rejects_bad_settings():
         deep_compression.DeepCompressionConfig(prune_epochs=-1)
     with pytest.raises(ValueError, match="learning_rate=0"):
         deep_compression.DeepCompressionConfig(learning_rate=0)
+    with pytest.raises(ValueError, match="'cosine', 'constant'.*learning_rate_decay='linear'"):
+        deep_compression.DeepCompressionConfig(learning_rate_decay="linear")
+    with pytest.raises(ValueError, match="augment_shift=-1"):
+        deep_compression.DeepCompressionConfig(augment_shift=-1)
+
+
+@pytest.mark.parametrize("augment_shift", [0, 1])
+def test_train_classifier_cosine_decay_and_shifts(digits, monkeypatch, augment_shift):
+    (x, y), _ = digits
+    calls = []
+    real_shift = datasets.random_shift
+
+    def spy(images, max_shift, seed=None):
+        calls.append(max_shift)
+        return real_shift(images, max_shift, seed)
+
+    monkeypatch.setattr(datasets, "random_shift", spy)
+    keras.utils.set_random_seed(0)
+    model = models.lenet_300_100(input_shape=(8, 8, 1))
+    lr, epochs, batch = 2e-3, 3, 100
+    history = deep_compression.train_classifier(
+        model, x, y, epochs, lr, batch_size=batch, augment_shift=augment_shift, seed=[0, 1],
+    )
+    steps = int(np.ceil(len(x) / batch)) * epochs
+    assert len(history["loss"]) == epochs and history["loss"][-1] < history["loss"][0]
+    assert int(model.optimizer.iterations) == steps
+    assert calls == [augment_shift] * (epochs if augment_shift else 0)
+
+    # Cosine decay (Loshchilov & Hutter): lr * (a + (1 - a) * (1 + cos(pi * t / T)) / 2).
+    def expected(t):
+        return lr * (0.01 + 0.99 * (1 + np.cos(np.pi * t / steps)) / 2)
+
+    schedule = model.optimizer._learning_rate
+    for t in (0, steps // 3, steps):
+        assert float(schedule(t)) == pytest.approx(expected(t), rel=1e-5)
+    assert float(model.optimizer.learning_rate) == pytest.approx(lr * 0.01, rel=1e-5)
+    with pytest.raises(ValueError, match="epochs=-1"):
+        deep_compression.train_classifier(model, x, y, -1)
+    with pytest.raises(ValueError, match="learning_rate_decay='step'"):
+        deep_compression.train_classifier(model, x, y, 1, learning_rate_decay="step")
 
 
 def _tool(name, *args):

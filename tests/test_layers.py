@@ -279,6 +279,22 @@ def test_adder_dense_forward(rng, shape, units, use_bias):
     assert_close(y, ref.adder_dense(x, as_numpy(layer.kernel), bias))
 
 
+
+def test_adder_magnitude_is_abs_bit_for_bit(rng):
+    """|x| is computed as leaky_relu(x, -1) (delegated by XNNPACK in int8); it must equal abs.
+
+    Equal as values on every normal float (zero may come out as -0.0, which equals 0.0);
+    denormals are not tested: TensorFlow's CPU kernels flush them to zero."""
+    from tfcompress.layers.adder import magnitude
+
+    x = np.concatenate([
+        rng.normal(size=1000).astype("float32"),
+        np.float32([0.0, -0.0, 1.2e-38, -1.2e-38, 3.4e38, -3.4e38, np.inf, -np.inf]),
+    ])
+    y = as_numpy(magnitude(x))
+    assert y.dtype == np.float32
+    np.testing.assert_array_equal(y, np.abs(x))
+
 BINARY_CONV_CASES = [
     # (input NHWC, filters, kernel_size, strides, padding)
     ((2, 6, 6, 3), 4, 3, 1, "same"),

@@ -23,7 +23,7 @@ INTEGER_OPS = {
     "CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED", "ADD", "MUL", "CONCATENATION",
     "STRIDED_SLICE", "PAD", "MEAN", "MAX_POOL_2D", "SOFTMAX", "QUANTIZE", "RESHAPE",
     "LOGISTIC", "SUB", "RELU", "RELU6", "GREATER_EQUAL", "SELECT_V2", "SHAPE", "BROADCAST_TO",
-    "ABS", "SUM", "EXPAND_DIMS",
+    "LEAKY_RELU", "SUM", "EXPAND_DIMS",
 }
 
 
@@ -308,7 +308,9 @@ class _Negate(keras.layers.Layer):
 
 
 def test_adder_ptq_exports_integer_only():
-    """AdderConv lowers to STRIDED_SLICE + SUB + ABS + SUM + MUL(-1) + ADD, all int8."""
+    """AdderConv lowers to STRIDED_SLICE + SUB + LEAKY_RELU(-1) + SUM + MUL(-1) + ADD, all int8.
+
+    |x - w| is LEAKY_RELU with alpha -1, not ABS: XNNPACK delegates only the former in int8."""
     keras.utils.set_random_seed(0)
     rng = np.random.default_rng(0)
     inputs = keras.Input((6, 6, 3))
@@ -316,7 +318,8 @@ def test_adder_ptq_exports_integer_only():
     x = rng.normal(size=(64, 6, 6, 3)).astype("float32")
     tflite = export.to_tflite(model, representative_data=x)
     ops = set(export.check_integer_only(tflite, model))
-    assert {"SUB", "ABS", "SUM"} <= ops and "NEG" not in ops and "DEQUANTIZE" not in ops
+    assert {"SUB", "LEAKY_RELU", "SUM"} <= ops and "DEQUANTIZE" not in ops
+    assert "ABS" not in ops and "NEG" not in ops
     lite, _ = export.run_tflite(tflite, x[:16])
     expected = model.predict(x[:16], verbose=0)
     # PTQ of a sum of 27 8-bit |x - w| terms: a few percent of the output range.

@@ -4,7 +4,7 @@ Public API:
     layers     compact layers (GhostConv, GhostBottleneck, Shift, ShiftConv,
                AdderConv, AdderDense, BinaryConv, BinaryDense)
     models     reference models (lenet_300_100, lenet5, small_cnn, ghostnet, resnet20)
-    datasets   load("digits" | "mnist" | "fashion_mnist", data_dir=None)
+    datasets   load("digits" | "mnist" | "fashion_mnist", data_dir=None), random_shift
     export     to_tflite (int8 / dynamic / float16 / float32), run_tflite, verify
     quantization  quantize_model (QAT, BatchNorm folding), quantize_annotate_layer
     lowering   lower_model: composite layers as the standard layers they are made of

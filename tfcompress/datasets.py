@@ -155,6 +155,67 @@ def load(name, data_dir=None):
     return _normalize(name, _read_npz(path), path)
 
 
+def random_shift(x, max_shift, seed=None):
+    """Moves every image by its own random whole-pixel offset, filling with zeros.
+
+    The augmentation used to train the MNIST LeNets of `benchmarks/` and
+    `tools/compress.py`: image ``i`` is translated by (dy_i, dx_i), each drawn
+    uniformly from ``{-max_shift, ..., max_shift}``; pixels moved in from outside
+    are 0 (the background of these datasets)::
+
+        out[i, r, c] = x[i, r - dy_i, c - dx_i]   (0 where that is outside the image)
+
+    NumPy only, so scripts that must not import Keras 3 can load this module file.
+
+    Args:
+        x: array of images, shape (N, H, W, C).
+        max_shift: largest offset in pixels along each axis, an integer in
+            [0, min(H, W)); 0 returns an unchanged copy.
+        seed: integer seed or a `numpy.random.Generator` (None: fresh entropy).
+
+    Returns:
+        A new array with the shape and dtype of ``x``.
+
+    Raises:
+        ValueError: for ``x`` that is not 4-D, or a ``max_shift`` that is not an
+            integer in the allowed range.
+
+    Example:
+        >>> (x, y), _ = load("digits")
+        >>> random_shift(x, 1, seed=0).shape
+        (1437, 8, 8, 1)
+    """
+    x = np.asarray(x)
+    if x.ndim != 4:
+        raise ValueError(
+            f"`x` must be a 4-D array of images (N, H, W, C). Received: shape {x.shape}"
+        )
+    height, width = x.shape[1:3]
+    if (
+        isinstance(max_shift, bool)
+        or not isinstance(max_shift, (int, np.integer))
+        or not 0 <= max_shift < min(height, width)
+    ):
+        raise ValueError(
+            f"`max_shift` must be an integer in [0, {min(height, width)}) for "
+            f"{height}x{width} images. Received: max_shift={max_shift!r}"
+        )
+    rng = seed if isinstance(seed, np.random.Generator) else np.random.default_rng(seed)
+    k = int(max_shift)
+    if k == 0:
+        return x.copy()
+    padded = np.pad(x, ((0, 0), (k, k), (k, k), (0, 0)))
+    # Offset (dy, dx) reads the window of the padded image starting at (k - dy, k - dx).
+    dy = rng.integers(-k, k + 1, size=len(x))
+    dx = rng.integers(-k, k + 1, size=len(x))
+    out = np.empty_like(x)
+    for oy in range(-k, k + 1):
+        for ox in range(-k, k + 1):
+            rows = np.flatnonzero((dy == oy) & (dx == ox))
+            if rows.size:
+                out[rows] = padded[rows, k - oy : k - oy + height, k - ox : k - ox + width]
+    return out
+
 def _check_name(name):
     if name not in _INFO:
         raise ValueError(

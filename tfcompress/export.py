@@ -4,7 +4,7 @@ Keras 3 models are exported through a SavedModel (`model.export`) and converted
 with `tf.lite.TFLiteConverter.from_saved_model`, the supported path for Keras 3
 (`TFLiteConverter.from_keras_model` expects Keras 2 internals). Every tfcompress
 layer is written with `keras.ops` that lower to TFLite builtin operators (Shift:
-PAD + STRIDED_SLICE + CONCATENATION; AdderConv: STRIDED_SLICE + SUB + ABS + SUM;
+PAD + STRIDED_SLICE + CONCATENATION; AdderConv: STRIDED_SLICE + SUB + LEAKY_RELU(-1) + SUM;
 BinaryConv: SELECT_V2 + CONV_2D), so no Flex or custom operator is needed.
 """
 

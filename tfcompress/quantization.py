@@ -37,6 +37,8 @@ import weakref
 import keras
 from keras import layers, ops
 
+from tfcompress.layers.adder import magnitude
+
 _KERAS_WEIGHTED = (layers.Conv2D, layers.DepthwiseConv2D, layers.Dense)
 _FUSABLE_ACTIVATIONS = ("linear", "relu", "relu6", "softmax", "sigmoid")
 # Outputs TFLite gives a fixed int8 range: scale 1/256, zero point -128.
@@ -377,7 +379,8 @@ class QuantizeWrapper(layers.Layer):
 class QuantizeAdderWrapper(layers.Layer):
     """AdderConv / AdderDense in int8, step for step as integer-only TFLite runs it.
 
-    The exported layer is, per kernel position, SUB (input - int8 weights), ABS,
+    The exported layer is, per kernel position, SUB (input - int8 weights),
+    LEAKY_RELU with alpha -1 (the absolute value, see `layers.adder.magnitude`),
     SUM over input channels, MUL by -1, and an ADD accumulating the positions;
     every one of those int8 tensors gets its own scale. This wrapper fake-quantizes
     each of them (one moving-average range per kind of step, shared by the
@@ -448,7 +451,7 @@ class QuantizeAdderWrapper(layers.Layer):
         outputs = None
         for patch, kernel in self._inputs_and_kernels(inputs):
             diff = q["difference"](ops.expand_dims(patch, -1) - kernel)
-            part = q["sum"](ops.sum(q["magnitude"](ops.abs(diff)), axis=-2))
+            part = q["sum"](ops.sum(q["magnitude"](magnitude(diff)), axis=-2))
             part = q["negated"](part * -1.0)
             outputs = part if outputs is None else q["accumulated"](outputs + part)
         if self.layer.bias is not None:

@@ -64,14 +64,20 @@ flags.DEFINE_enum("recipe", "default", ("default", "deep_compression"),
 flags.DEFINE_float("sparsity", None, "deep_compression: fraction of weights pruned in every "
                    "layer (default: tuned per-layer targets for the LeNets, else 0.9).",
                    lower_bound=0.0, upper_bound=0.999)
-flags.DEFINE_integer("clusters", 32, "deep_compression: shared weights per layer.", lower_bound=2)
+flags.DEFINE_integer("clusters", None, "deep_compression: shared weights per layer (default: "
+                     "tuned per-layer counts for the LeNets, else 32).", lower_bound=2)
 flags.DEFINE_enum("cluster_init", "linear", ("linear", "density", "random", "kmeans++"),
                   "deep_compression: centroid initialization.")
 flags.DEFINE_integer("prune_epochs", 4, "deep_compression: epochs to reach the sparsity.",
                      lower_bound=0)
-flags.DEFINE_integer("retrain_epochs", 4, "deep_compression: retraining epochs at the sparsity.",
+flags.DEFINE_integer("retrain_epochs", 8, "deep_compression: retraining epochs at the sparsity.",
                      lower_bound=0)
 flags.DEFINE_integer("finetune_epochs", 3, "deep_compression: centroid fine-tuning epochs.",
+                     lower_bound=0)
+flags.DEFINE_enum("lr_decay", "cosine", ("cosine", "constant"),
+                  "deep_compression: learning rate of each stage, cosine decay to 1% or constant.")
+flags.DEFINE_integer("augment_shift", 0, "deep_compression: move each training image by a random "
+                     "offset of up to this many pixels per axis, new every epoch (1 for MNIST).",
                      lower_bound=0)
 
 
@@ -301,13 +307,19 @@ def deep_compression_stage(model, stem, train, test, history):
         sparsity = FLAGS.sparsity
     else:
         sparsity = deep_compression.DEFAULT_SPARSITY.get(FLAGS.model, 0.9)
+    clusters = FLAGS.clusters
+    if clusters is None:
+        clusters = deep_compression.MODEL_CLUSTERS.get(
+            FLAGS.model, deep_compression.DEFAULT_CLUSTERS
+        )
     config = deep_compression.DeepCompressionConfig(
-        sparsity=sparsity, clusters=FLAGS.clusters, cluster_init=FLAGS.cluster_init,
+        sparsity=sparsity, clusters=clusters, cluster_init=FLAGS.cluster_init,
         prune_epochs=FLAGS.prune_epochs, retrain_epochs=FLAGS.retrain_epochs,
         finetune_epochs=FLAGS.finetune_epochs, batch_size=FLAGS.batch_size,
-        learning_rate=FLAGS.learning_rate, seed=FLAGS.seed,
+        learning_rate=FLAGS.learning_rate, learning_rate_decay=FLAGS.lr_decay,
+        augment_shift=FLAGS.augment_shift, seed=FLAGS.seed,
     )
-    print(f"[4/7] prune -> retrain -> share weights ({FLAGS.clusters} clusters, "
+    print(f"[4/7] prune -> retrain -> share weights ({clusters} clusters, "
           f"{FLAGS.cluster_init} init) -> fine-tune")
     result = deep_compression.run(model, train, test, config, verbose=2)
 

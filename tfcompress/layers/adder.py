@@ -23,6 +23,23 @@ def _output_channel_chunks(rows_per_sample, in_channels, out_channels):
     return [(start, min(start + chunk, out_channels)) for start in range(0, out_channels, chunk)]
 
 
+def magnitude(x):
+    """`|x|`, computed as `leaky_relu(x, negative_slope=-1)`.
+
+    Equal to `ops.abs` bit for bit in float, and exported to TFLite as LEAKY_RELU
+    (alpha -1) rather than ABS: LiteRT's XNNPACK delegate runs an int8 LEAKY_RELU
+    but not an int8 ABS, which falls back to a builtin kernel about 150 times
+    slower (see benchmarks/RESULTS.md, "op ABS" and "op LEAKY_RELU(-1)").
+
+    Args:
+        x: a tensor.
+
+    Returns:
+        `|x|`, same shape and dtype.
+    """
+    return ops.leaky_relu(x, negative_slope=-1.0)
+
+
 def adder_distance(x, w, rows_per_sample=1):
     """Negative L1 distance between every row of `x` and every column of `w`.
 
@@ -60,7 +77,7 @@ def adder_distance(x, w, rows_per_sample=1):
         for start, stop in chunks:
             diff = ops.expand_dims(x_const, -1) - w_const[:, start:stop]
             # x * -1 rather than -x: TFLite has an int8 MUL but no int8 NEG.
-            outs.append(ops.sum(ops.abs(diff), axis=-2) * -1.0)
+            outs.append(ops.sum(magnitude(diff), axis=-2) * -1.0)
         y = outs[0] if len(outs) == 1 else ops.concatenate(outs, axis=-1)
 
         def grad(*args, upstream=None):
