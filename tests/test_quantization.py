@@ -22,8 +22,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 INTEGER_OPS = {
     "CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED", "ADD", "MUL", "CONCATENATION",
     "STRIDED_SLICE", "PAD", "MEAN", "MAX_POOL_2D", "SOFTMAX", "QUANTIZE", "RESHAPE",
-    "LOGISTIC", "SUB", "RELU", "RELU6", "GREATER_EQUAL", "SELECT_V2", "SHAPE", "BROADCAST_TO",
-    "LEAKY_RELU", "SUM", "EXPAND_DIMS",
+    "LOGISTIC", "SUB", "RELU", "RELU6", "GREATER_EQUAL", "SELECT_V2", "LEAKY_RELU", "SUM",
+    "EXPAND_DIMS",
 }
 
 
@@ -305,6 +305,33 @@ class _Negate(keras.layers.Layer):
 
     def call(self, x):
         return -x
+
+
+def test_sign_exports_as_greater_equal_and_select_only():
+    """Sign is GREATER_EQUAL + SELECT_V2 in float and int8 (no SHAPE / BROADCAST_TO,
+    which LiteRT ran ~35x slower), and its outputs are exactly +/-1 with sign(0) = +1."""
+    from ai_edge_litert.interpreter import Interpreter
+
+    inputs = keras.Input((4, 4, 3))
+    model = keras.Model(inputs, tl.Sign()(inputs))
+    x = np.random.default_rng(0).normal(size=(8, 4, 4, 3)).astype("float32")
+    x[0, 0, 0] = 0.0
+    expected = np.where(x >= 0, 1.0, -1.0)
+    for mode in ("float32", "int8"):
+        blob = export.to_tflite(model, representative_data=x, mode=mode)
+        ops = sorted({op["op_name"] for op in Interpreter(model_content=blob)._get_ops_details()})
+        assert ops == ["GREATER_EQUAL", "SELECT_V2"], (mode, ops)
+        lite, _ = export.run_tflite(blob, x)
+        if mode == "float32":
+            np.testing.assert_array_equal(lite, expected)
+        else:
+            # The sign of the int8 input (a tiny negative x rounds to the zero point,
+            # i.e. to 0, whose sign is +1), as +/-1 on the int8 grid of [-1, 1].
+            detail = Interpreter(model_content=blob).get_input_details()[0]
+            scale, zero_point = detail["quantization"]
+            q = np.clip(np.round(x / scale) + zero_point, -128, 127)
+            np.testing.assert_array_equal(np.sign(lite), np.where(q >= zero_point, 1.0, -1.0))
+            np.testing.assert_allclose(np.abs(lite), 1.0, atol=1.0 / 255)
 
 
 def test_adder_ptq_exports_integer_only():

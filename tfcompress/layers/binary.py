@@ -18,8 +18,14 @@ SCALE_CHOICES = ("channel", "none")
 
 
 def sign(x):
-    """Sign with `sign(0) = +1`, so the result is always +1 or -1."""
-    return ops.where(x >= 0, ops.ones_like(x), -ops.ones_like(x))
+    """Sign with `sign(0) = +1`, so the result is always +1 or -1.
+
+    The two values are scalars that `where` broadcasts: TFLite then runs
+    GREATER_EQUAL + SELECT_V2 only. With `ones_like(x)` the converter adds SHAPE and
+    two BROADCAST_TO, which made the op about 35x slower in LiteRT (0.32 vs 0.009 ms
+    in float, 0.34 vs 0.025 ms in int8, on a 32x32x16 input, 1 thread).
+    """
+    return ops.where(x >= 0, ops.cast(1, x.dtype), ops.cast(-1, x.dtype))
 
 
 @ops.custom_gradient
