@@ -45,7 +45,7 @@ LeNet-300-100 >= 50x at <= 1.6% test error, LeNet-5 >= 50x at <= 0.8%, and tfcom
 
 Run (from the repository root; MNIST as mnist.npz in the keras.datasets layout):
 
-    PYTHONPATH=. python3 benchmarks/deep_compression.py --data_dir DIR           # ~13 min, 2 cores
+    PYTHONPATH=. python3 benchmarks/deep_compression.py --data_dir DIR           # ~28 min, 2 cores
     PYTHONPATH=. python3 benchmarks/deep_compression.py --data_dir DIR --quick   # ~1 min
     PYTHONPATH=. python3 benchmarks/deep_compression.py --data_dir DIR --output benchmarks/RESULTS.md
 

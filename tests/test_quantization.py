@@ -334,6 +334,28 @@ def test_sign_exports_as_greater_equal_and_select_only():
             np.testing.assert_allclose(np.abs(lite), 1.0, atol=1.0 / 255)
 
 
+def test_binary_conv_ptq_folds_the_kernel_and_runs():
+    """PTQ of a float BinaryConv: sign(W) is folded into a constant +/-alpha kernel
+    (one CONV_2D; a computed kernel made LiteRT reject the int8 conv), the input
+    binarization is GREATER_EQUAL + SELECT_V2, and LiteRT agrees with Keras."""
+    from ai_edge_litert.interpreter import Interpreter
+
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((8, 8, 4))
+    model = keras.Model(inputs, tl.BinaryConv(6, 3)(inputs))
+    x = np.random.default_rng(0).normal(size=(64, 8, 8, 4)).astype("float32")
+    blob = export.to_tflite(model, representative_data=x)
+    ops = sorted(op["op_name"] for op in Interpreter(model_content=blob)._get_ops_details())
+    assert ops == ["CONV_2D", "GREATER_EQUAL", "SELECT_V2"], ops
+    # Inputs already on the file's int8 grid, so both binarize the same values (a tiny
+    # |x| that int8 rounds to 0 would otherwise flip its sign): the rest is exact
+    # (+/-1 inputs, +/-alpha weights) up to the output rounding.
+    scale, zero_point = Interpreter(model_content=blob).get_input_details()[0]["quantization"]
+    on_grid = (np.clip(np.round(x[:16] / scale) + zero_point, -128, 127) - zero_point) * scale
+    report = export.verify(blob, model, on_grid.astype("float32"))
+    assert report["within_1_step"] == 1.0 and report["max_diff_steps"] <= 1.0 + 1e-3, report
+
+
 def test_adder_ptq_exports_integer_only():
     """AdderConv lowers to STRIDED_SLICE + SUB + LEAKY_RELU(-1) + SUM + MUL(-1) + ADD, all int8.
 

@@ -67,6 +67,24 @@ def approx_sign(x):
     return sign(x), grad
 
 
+@ops.custom_gradient
+def _ste_sign_kernel(kernel):
+    """`ste_sign` for a weight tensor, with full-shape branches (`ones_like`).
+
+    The kernel has a static shape, so the TFLite converter folds this `where`
+    into the constant +/-1 kernel. With `sign`'s scalar branches it keeps
+    SELECT_V2 in the graph, and the int8 convolution then has a computed kernel,
+    which LiteRT rejects (non-zero weight zero point).
+    """
+
+    def grad(*args, upstream=None):
+        if upstream is None:
+            (upstream,) = args
+        return upstream * ops.cast(ops.abs(kernel) <= 1.0, upstream.dtype)
+
+    return ops.where(kernel >= 0, ops.ones_like(kernel), -ops.ones_like(kernel)), grad
+
+
 _STE = {"ste_sign": ste_sign, "approx_sign": approx_sign}
 
 
@@ -147,7 +165,7 @@ class _BinaryBase(KernelLayer):
         through `sign` (straight-through, `1{|W| <= 1}`) and through `alpha`.
         """
         kernel = ops.copy(self.kernel)  # a tensor, as custom gradients require
-        binary = ste_sign(kernel)
+        binary = _ste_sign_kernel(kernel)
         if self.scale == "channel":
             axes = tuple(range(len(kernel.shape) - 1))
             binary = binary * ops.mean(ops.abs(kernel), axis=axes)
