@@ -280,20 +280,33 @@ def test_adder_dense_forward(rng, shape, units, use_bias):
 
 
 
-def test_adder_magnitude_is_abs_bit_for_bit(rng):
-    """|x| is computed as leaky_relu(x, -1) (delegated by XNNPACK in int8); it must equal abs.
+def test_adder_magnitude_is_abs_in_both_forms(rng):
+    """|x| is ABS in training and leaky_relu(x, -1) when traced for TFLite (XNNPACK runs
+    that one in int8); both must equal abs.
 
     Equal as values on every normal float (zero may come out as -0.0, which equals 0.0);
     denormals are not tested: TensorFlow's CPU kernels flush them to zero."""
-    from tfcompress.layers.adder import magnitude
+    from tfcompress.layers.adder import magnitude, tflite_graph
 
     x = np.concatenate([
         rng.normal(size=1000).astype("float32"),
         np.float32([0.0, -0.0, 1.2e-38, -1.2e-38, 3.4e38, -3.4e38, np.inf, -np.inf]),
     ])
-    y = as_numpy(magnitude(x))
+    traced = {}
+
+    def trace(name):
+        graph = tf.function(magnitude).get_concrete_function(tf.TensorSpec(x.shape)).graph
+        traced[name] = {op.type for op in graph.get_operations()}
+
+    trace("training")
+    with tflite_graph():
+        y = as_numpy(magnitude(x))
+        trace("tflite")
+    assert "Abs" in traced["training"] and "LeakyRelu" not in traced["training"]
+    assert "LeakyRelu" in traced["tflite"] and "Abs" not in traced["tflite"]
     assert y.dtype == np.float32
     np.testing.assert_array_equal(y, np.abs(x))
+    np.testing.assert_array_equal(as_numpy(magnitude(x)), np.abs(x))
 
 BINARY_CONV_CASES = [
     # (input NHWC, filters, kernel_size, strides, padding)

@@ -14,6 +14,8 @@ import tempfile
 
 import numpy as np
 
+from tfcompress.layers.adder import tflite_graph
+
 MODES = ("int8", "dynamic", "float16", "float32")
 # Tensor types an integer-only operator may read or write (int32: biases, shapes).
 _INTEGER_TYPES = (np.int8, np.int16, np.int32, np.int64, np.uint8, np.bool_)
@@ -70,7 +72,8 @@ def to_tflite(model, representative_data=None, *, int8_io=True, mode="int8"):
         representative_data = _representative_data(model, representative_data)
     with tempfile.TemporaryDirectory() as tmp:
         saved = os.path.join(tmp, "saved_model")
-        model.export(saved, format="tf_saved_model", verbose=False)
+        with tflite_graph():  # AdderConv's |x - w| as LEAKY_RELU, which XNNPACK runs in int8
+            model.export(saved, format="tf_saved_model", verbose=False)
         converter = tf.lite.TFLiteConverter.from_saved_model(saved)
         if mode != "float32":
             converter.optimizations = [tf.lite.Optimize.DEFAULT]

@@ -4,7 +4,9 @@ Reference: Chen, Wang, Xu, Shi, Xu, Xu, Tian, Xu. "AdderNet: Do We Really Need
 Multiplications in Deep Learning?", CVPR 2020, arXiv:1912.13200.
 """
 
+import contextlib
 import math
+import threading
 
 import keras
 from keras import ops
@@ -23,13 +25,36 @@ def _output_channel_chunks(rows_per_sample, in_channels, out_channels):
     return [(start, min(start + chunk, out_channels)) for start in range(0, out_channels, chunk)]
 
 
-def magnitude(x):
-    """`|x|`, computed as `leaky_relu(x, negative_slope=-1)`.
+_TRACING = threading.local()
 
-    Equal to `ops.abs` bit for bit in float, and exported to TFLite as LEAKY_RELU
-    (alpha -1) rather than ABS: LiteRT's XNNPACK delegate runs an int8 LEAKY_RELU
-    but not an int8 ABS, which falls back to a builtin kernel about 150 times
-    slower (see benchmarks/RESULTS.md, "op ABS" and "op LEAKY_RELU(-1)").
+
+@contextlib.contextmanager
+def tflite_graph():
+    """Within this context `magnitude` is traced as LEAKY_RELU(alpha=-1), not ABS.
+
+    `tfcompress.export.to_tflite` traces the model inside it. LiteRT's XNNPACK
+    delegate runs an int8 LEAKY_RELU but not an int8 ABS, which falls back to a
+    builtin kernel about 100 times slower (benchmarks/RESULTS.md, "op ABS" and
+    "op LEAKY_RELU(-1)"). Training keeps ABS: under XLA it is faster than the
+    select that leaky_relu compiles to.
+
+    Example:
+        >>> with tflite_graph():
+        ...     model.export(path, format="tf_saved_model")
+    """
+    previous = getattr(_TRACING, "tflite", False)
+    _TRACING.tflite = True
+    try:
+        yield
+    finally:
+        _TRACING.tflite = previous
+
+
+def magnitude(x):
+    """`|x|`: `ops.abs(x)`, or inside `tflite_graph()` `leaky_relu(x, negative_slope=-1)`.
+
+    The two are equal in float (values; zero may come out as -0.0), so a model
+    exported for TFLite computes what it trained with.
 
     Args:
         x: a tensor.
@@ -37,7 +62,9 @@ def magnitude(x):
     Returns:
         `|x|`, same shape and dtype.
     """
-    return ops.leaky_relu(x, negative_slope=-1.0)
+    if getattr(_TRACING, "tflite", False):
+        return ops.leaky_relu(x, negative_slope=-1.0)
+    return ops.abs(x)
 
 
 def adder_distance(x, w, rows_per_sample=1):
