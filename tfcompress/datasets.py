@@ -216,6 +216,7 @@ def random_shift(x, max_shift, seed=None):
                 out[rows] = padded[rows, k - oy : k - oy + height, k - ox : k - ox + width]
     return out
 
+
 def _check_name(name):
     if name not in _INFO:
         raise ValueError(
