@@ -148,8 +148,13 @@ class ActivationQuantizer(layers.Layer):
             trainable=False,
         )
 
-    def call(self, inputs, training=None):
-        if training and self.fixed_range is None:
+    def call(self, inputs, training=None, update_range=True):
+        """Fake-quantizes `inputs`; in training also updates the range first.
+
+        `update_range=False` only applies the current range: a second call of
+        the same quantizer on another tensor that must share its int8 scale
+        (a tensor that feeds a Concatenate and other layers)."""
+        if training and update_range and self.fixed_range is None:
             batch_min = ops.minimum(ops.min(inputs), 0.0)
             batch_max = ops.maximum(ops.max(inputs), 0.0)
             seen = self.initialized > 0.0
@@ -564,16 +569,23 @@ def _plan_fusions(model, fold_batchnorm, schemes):
     """Finds weighted layer -> [BatchNormalization] -> [activation] chains to fuse.
 
     Returns:
-        (plan, absorbed, concat_fed): plan maps a weighted layer's name to its
-        (batchnorm, activation, quantize_output); absorbed names the BN and
-        activation layers merged into it; concat_fed names the layers whose only
-        consumer is a Concatenate. TFLite gives a concatenation's inputs the
+        (plan, absorbed, concat_fed, concat_shared): plan maps a weighted layer's
+        name to its (batchnorm, activation, quantize_output); absorbed names the
+        BN and activation layers merged into it; concat_fed names the layers whose
+        only consumer is a Concatenate. TFLite gives a concatenation's inputs the
         output's scale, so such a tensor is quantized once, by the concatenation,
-        not twice.
+        not twice. concat_shared maps the layers whose output feeds a
+        Concatenate and other layers too (GhostConv's primary convolution) to
+        that Concatenate: they are quantized with the concatenation's quantizer
+        (same range, so the same int8 scale), which spares TFLite a
+        requantization (QUANTIZE) that LiteRT's XNNPACK rounds differently from
+        Keras.
     """
     consumers = _consumers(model)
     weighted = _weighted_types()
-    plan, absorbed, concat_fed = {}, set(), set()
+    plan, absorbed, concat_fed, concat_shared = {}, set(), set(), {}
+
+    outputs = {id(t) for t in keras.tree.flatten(model.outputs)}
 
     def sole_consumer(layer):
         try:
@@ -581,12 +593,19 @@ def _plan_fusions(model, fold_batchnorm, schemes):
         except (AttributeError, ValueError):
             return None
         users = consumers.get(id(out), [])
-        outputs = {id(t) for t in keras.tree.flatten(model.outputs)}
         return users[0] if len(users) == 1 and id(out) not in outputs else None
 
     for layer in model.layers:
         if isinstance(sole_consumer(layer), layers.Concatenate):
             concat_fed.add(layer.name)
+            continue
+        try:
+            out = layer.output
+        except (AttributeError, ValueError):
+            continue
+        concats = [c for c in consumers.get(id(out), []) if isinstance(c, layers.Concatenate)]
+        if len(concats) == 1 and id(out) not in outputs:
+            concat_shared[layer.name] = concats[0].name
     for layer in model.layers:
         if not isinstance(layer, weighted) or schemes.get(layer.name) == "float":
             continue
@@ -602,9 +621,14 @@ def _plan_fusions(model, fold_batchnorm, schemes):
                 nxt = sole_consumer(tail)
             if nxt is not None and _activation_of(nxt) is not None:
                 act, tail = _activation_of(nxt), nxt
-        plan[layer.name] = (bn, act, tail.name not in concat_fed)
+        if tail.name in concat_shared:
+            concat = concat_shared.pop(tail.name)
+            if act not in _FIXED_RANGE_ACTIVATIONS:  # softmax / sigmoid keep their fixed range
+                concat_shared[layer.name] = concat
+        shared = layer.name in concat_shared
+        plan[layer.name] = (bn, act, tail.name not in concat_fed and not shared)
         absorbed.update(x.name for x in (bn, tail) if x is not None and x is not layer)
-    return plan, absorbed, concat_fed
+    return plan, absorbed, concat_fed, concat_shared
 
 
 def _copy_weights(source, target):
@@ -663,7 +687,19 @@ def quantize_model(model, per_channel=True, fold_batchnorm=True, ema_decay=0.99)
         raise ValueError(
             f"quantize_model supports one model input; {model.name!r} has {len(model.inputs)}."
         )
-    plan, absorbed, concat_fed = _plan_fusions(model, fold_batchnorm, schemes)
+    plan, absorbed, concat_fed, concat_shared = _plan_fusions(model, fold_batchnorm, schemes)
+    shared_quantizers = {}  # Concatenate name -> its ActivationQuantizer
+
+    def concat_quantizer(concat_name):
+        if concat_name not in shared_quantizers:
+            shared_quantizers[concat_name] = ActivationQuantizer(
+                ema_decay, name=f"quant_{concat_name}"
+            )
+        return shared_quantizers[concat_name]
+
+    def share(name, out):
+        """Quantizes a tensor that also feeds a Concatenate with that concat's range."""
+        return concat_quantizer(concat_shared[name])(out, update_range=False)
     pass_through, output_types = _layer_types()
     from tfcompress.layers import AdderConv, AdderDense
 
@@ -699,7 +735,7 @@ def quantize_model(model, per_channel=True, fold_batchnorm=True, ema_decay=0.99)
             _copy_weights(original, wrapper.layer)
             if bn is not None:
                 _copy_weights(bn, wrapper.batchnorm)
-            return out
+            return share(name, out) if name in concat_shared else out
         if isinstance(original, adder_types) and scheme != "float":
             wrapper = QuantizeAdderWrapper(clone(original), ema_decay, name=f"quant_{name}")
             out = wrapper(*args, **kwargs)
@@ -714,6 +750,10 @@ def quantize_model(model, per_channel=True, fold_batchnorm=True, ema_decay=0.99)
             fixed = _FIXED_RANGE if act in _FIXED_RANGE_ACTIVATIONS else None
             if type(original).__name__ == "Sign":
                 fixed = _SIGN_RANGE
+            if isinstance(original, layers.Concatenate):
+                return concat_quantizer(name)(out)
+            if name in concat_shared and fixed is None:
+                return share(name, out)
             return ActivationQuantizer(ema_decay, fixed_range=fixed, name=f"quant_{name}")(out)
         supported = ", ".join(
             sorted({t.__name__ for t in _weighted_types() + output_types + pass_through})
