@@ -288,12 +288,11 @@ def bit_identical(a_weights, b_weights):
 
 def targets_for(args, name, deep_compression):
     """Per-layer sparsity targets and the cluster count tfcompress uses for `name`."""
-    sparsity = (args.sparsity or {}).get(name)
-    if sparsity is None:
-        sparsity = dict(deep_compression.DEFAULT_SPARSITY[name])
-    clusters = args.clusters
-    if clusters is None:
-        clusters = deep_compression.MODEL_CLUSTERS.get(name, deep_compression.DEFAULT_CLUSTERS)
+    sparsity, clusters = deep_compression.default_targets(name)
+    if (args.sparsity or {}).get(name) is not None:
+        sparsity = args.sparsity[name]
+    if args.clusters is not None:
+        clusters = args.clusters
     return sparsity, clusters
 
 

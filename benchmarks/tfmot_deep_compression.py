@@ -70,13 +70,12 @@ if os.environ.get("TF_USE_LEGACY_KERAS") != "1":
     )
 
 import numpy as np
-import tensorflow as tf
 import tensorflow_model_optimization as tfmot
 import tf_keras as keras
 
 # Shared with the quantization comparison (script folder is on sys.path): the same
 # tf_keras LeNet-5, MNIST loader, compile settings, converter and LiteRT runner.
-from tfmot_quantization import convert, lenet5, load_mnist, run_tflite
+from tfmot_quantization import convert, lenet5, load_mnist, run_tflite, tool_versions
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
@@ -400,14 +399,7 @@ def main(argv=None):
     args = parse_args(sys.argv[1:] if argv is None else argv)
     start = time.perf_counter()
     data = load_mnist(args.data, args.train_examples, args.test_examples)
-    from importlib import metadata
-
-    versions = {
-        "tensorflow": tf.__version__,
-        "tf_keras": keras.__version__,
-        "tensorflow_model_optimization": metadata.version("tensorflow-model-optimization"),
-        "ai_edge_litert": metadata.version("ai-edge-litert"),
-    }
+    versions = tool_versions()
     report = {
         "tool": "tfmot",
         "versions": versions,

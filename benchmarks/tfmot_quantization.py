@@ -294,18 +294,23 @@ def run_model(name, args, data):
     return result
 
 
-def main(argv=None):
-    args = parse_args(sys.argv[1:] if argv is None else argv)
-    start = time.perf_counter()
-    data = load_mnist(args.data, args.train_examples, args.test_examples)
+def tool_versions():
+    """Versions of the comparison stack, for the report."""
     from importlib import metadata
 
-    versions = {
+    return {
         "tensorflow": tf.__version__,
         "tf_keras": keras.__version__,
         "tensorflow_model_optimization": metadata.version("tensorflow-model-optimization"),
         "ai_edge_litert": metadata.version("ai-edge-litert"),
     }
+
+
+def main(argv=None):
+    args = parse_args(sys.argv[1:] if argv is None else argv)
+    start = time.perf_counter()
+    data = load_mnist(args.data, args.train_examples, args.test_examples)
+    versions = tool_versions()
     report = {
         "tool": "tfmot",
         "versions": versions,

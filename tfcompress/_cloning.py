@@ -24,6 +24,17 @@ def check_model(model, what):
         )
 
 
+def check_layer_names(model, names):
+    """Raises a ValueError naming every entry of `names` that is not a layer of `model`."""
+    layer_names = [layer.name for layer in model.layers]
+    unknown = [name for name in names if name not in layer_names]
+    if unknown:
+        raise ValueError(
+            f"No layer named {', '.join(map(repr, unknown))} in model {model.name!r}. "
+            f"Its layers: {', '.join(layer_names)}."
+        )
+
+
 def fresh_copy(layer):
     return layer.__class__.from_config(layer.get_config())
 

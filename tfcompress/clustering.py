@@ -53,6 +53,7 @@ from keras import ops
 from tfcompress import _weights
 from tfcompress._cloning import (
     built_copy,
+    check_layer_names,
     check_model,
     copy_weights_by_name,
     fresh_copy,
@@ -605,12 +606,7 @@ def cluster_weights(
             "into the outer model before cluster_weights."
         )
     if isinstance(number_of_clusters, dict):
-        unknown = [name for name in number_of_clusters if name not in names]
-        if unknown:
-            raise ValueError(
-                f"No layer named {', '.join(map(repr, unknown))} in model {model.name!r}. "
-                f"Its layers: {', '.join(names)}."
-            )
+        check_layer_names(model, number_of_clusters)
         per_layer = {name: _check_k(k) for name, k in number_of_clusters.items()}
         for name in per_layer:
             layer = model.get_layer(name)

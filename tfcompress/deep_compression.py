@@ -52,6 +52,26 @@ LEARNING_RATE_DECAYS = ("cosine", "constant")
 COSINE_ALPHA = 0.01
 
 
+def default_targets(model_name):
+    """(sparsity, clusters) this module uses for a model of tfcompress.models.
+
+    Args:
+        model_name: e.g. "lenet_300_100"; other names get 90% sparsity in every
+            layer and `DEFAULT_CLUSTERS`.
+
+    Returns:
+        (a fraction or {layer name: fraction}, an int or {layer name: k}); the
+        dicts are copies.
+
+    Example:
+        >>> default_targets("lenet5")[1]
+        32
+    """
+    sparsity = DEFAULT_SPARSITY.get(model_name, 0.9)
+    clusters = MODEL_CLUSTERS.get(model_name, DEFAULT_CLUSTERS)
+    return tuple(dict(v) if isinstance(v, dict) else v for v in (sparsity, clusters))
+
+
 @dataclasses.dataclass
 class DeepCompressionConfig:
     """Settings of the pipeline.

@@ -63,6 +63,7 @@ from keras import ops
 from tfcompress import _weights
 from tfcompress._cloning import (
     built_copy,
+    check_layer_names,
     check_model,
     copy_weights_by_name,
     fresh_copy,
@@ -794,7 +795,6 @@ def prune_low_magnitude(to_prune, pruning_schedule=None, sparsity_m_by_n=None, *
             f"Layer arguments are for a single layer, not a model. Received: {sorted(kwargs)}"
         )
     check_model(model, "prune_low_magnitude")
-    names = [layer.name for layer in model.layers]
     pruned = [layer.name for layer in _collect_wrappers(model)]
     if pruned:
         raise ValueError(
@@ -809,12 +809,7 @@ def prune_low_magnitude(to_prune, pruning_schedule=None, sparsity_m_by_n=None, *
             "and nest the result."
         )
     if isinstance(pruning_schedule, dict):
-        unknown = [name for name in pruning_schedule if name not in names]
-        if unknown:
-            raise ValueError(
-                f"No layer named {', '.join(map(repr, unknown))} in model {model.name!r}. "
-                f"Its layers: {', '.join(names)}."
-            )
+        check_layer_names(model, pruning_schedule)
         per_layer = {
             name: _deserialize_schedule(schedule) for name, schedule in pruning_schedule.items()
         }

@@ -303,15 +303,11 @@ def deep_compression_stage(model, stem, train, test, history):
 
     x_train, _ = train
     x_test, y_test = test
+    sparsity, clusters = deep_compression.default_targets(FLAGS.model)
     if FLAGS.sparsity is not None:
         sparsity = FLAGS.sparsity
-    else:
-        sparsity = deep_compression.DEFAULT_SPARSITY.get(FLAGS.model, 0.9)
-    clusters = FLAGS.clusters
-    if clusters is None:
-        clusters = deep_compression.MODEL_CLUSTERS.get(
-            FLAGS.model, deep_compression.DEFAULT_CLUSTERS
-        )
+    if FLAGS.clusters is not None:
+        clusters = FLAGS.clusters
     config = deep_compression.DeepCompressionConfig(
         sparsity=sparsity, clusters=clusters, cluster_init=FLAGS.cluster_init,
         prune_epochs=FLAGS.prune_epochs, retrain_epochs=FLAGS.retrain_epochs,
