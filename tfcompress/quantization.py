@@ -18,7 +18,10 @@ Conv2D / DepthwiseConv2D / Dense followed by BatchNormalization trains as one
 layer whose weights are `w * gamma / sigma` (moving sigma) quantized, with the
 output corrected by `sigma / sigma_B` and the bias `beta - gamma * mu_B / sigma_B`
 while training, so the forward pass equals conv-then-BN with batch statistics;
-at inference it uses the moving statistics, exactly what is exported.
+at inference it uses the moving statistics, exactly what is exported. The
+gradient flows through the batch statistics `mu_B`, `sigma_B` (computed from an
+unquantized pass), so with the straight-through weight quantizer it is exactly
+the gradient of conv-then-BN in training mode.
 
 Supported layers: Conv2D, DepthwiseConv2D, Dense (activation linear, relu,
 relu6, softmax or sigmoid), BatchNormalization (folded, or quantized on its
@@ -81,7 +84,11 @@ def fake_quant_weights(kernel, per_channel=True, channel_axis=-1):
 
     Returns:
         The fake-quantized kernel (float, on the int8 grid), with a
-        straight-through gradient.
+        straight-through gradient. It stays a FakeQuant op in the graph, which
+        is how the TFLite converter takes this grid (not its own per-channel
+        one) for the file. A weight that rounding puts a hair outside the
+        nudged range passes its gradient through the range, `max |w|`, back
+        to itself, so every weight gets the identity gradient.
     """
     if per_channel:
         axes = [a for a in range(len(kernel.shape)) if a != channel_axis % len(kernel.shape)]
@@ -108,16 +115,25 @@ class ActivationQuantizer(layers.Layer):
     `fixed_range=(lo, hi)` pins the range (softmax/sigmoid outputs, which TFLite
     quantizes with scale 1/256 and zero point -128).
 
+    `quantize_in_training=False` passes the values through unchanged in
+    training (inference still quantizes). Probability outputs use it: Keras
+    computes cross-entropy from the logits behind a softmax/sigmoid output, and a
+    fake-quantized output hides them, so the loss would fall back to clipped
+    probabilities on a 1/256 grid, where every example whose true-class
+    probability rounds to 0 gets no gradient. A fixed range has nothing to learn,
+    so training loses nothing else (tfmot likewise leaves softmax outputs float).
+
     Args:
         ema_decay: decay of the moving average, in [0, 1).
         fixed_range: None or a (min, max) pair with min <= 0 <= max.
+        quantize_in_training: False to skip fake quantization in training.
         **kwargs: standard Layer arguments.
 
     Raises:
         ValueError: for a decay outside [0, 1) or an invalid fixed range.
     """
 
-    def __init__(self, ema_decay=0.99, fixed_range=None, **kwargs):
+    def __init__(self, ema_decay=0.99, fixed_range=None, quantize_in_training=True, **kwargs):
         super().__init__(**kwargs)
         if not isinstance(ema_decay, (int, float)) or not 0.0 <= ema_decay < 1.0:
             raise ValueError(f"`ema_decay` must be in [0, 1). Received: ema_decay={ema_decay!r}")
@@ -131,6 +147,7 @@ class ActivationQuantizer(layers.Layer):
             fixed_range = (lo, hi)
         self.ema_decay = float(ema_decay)
         self.fixed_range = fixed_range
+        self.quantize_in_training = bool(quantize_in_training)
 
     def build(self, input_shape):
         lo, hi = self.fixed_range or (-6.0, 6.0)
@@ -154,6 +171,8 @@ class ActivationQuantizer(layers.Layer):
         `update_range=False` only applies the current range: a second call of
         the same quantizer on another tensor that must share its int8 scale
         (a tensor that feeds a Concatenate and other layers)."""
+        if training and not self.quantize_in_training:
+            return inputs
         if training and update_range and self.fixed_range is None:
             batch_min = ops.minimum(ops.min(inputs), 0.0)
             batch_max = ops.maximum(ops.max(inputs), 0.0)
@@ -175,7 +194,11 @@ class ActivationQuantizer(layers.Layer):
 
     def get_config(self):
         config = super().get_config()
-        config.update(ema_decay=self.ema_decay, fixed_range=self.fixed_range)
+        config.update(
+            ema_decay=self.ema_decay,
+            fixed_range=self.fixed_range,
+            quantize_in_training=self.quantize_in_training,
+        )
         return config
 
 
@@ -244,7 +267,8 @@ class QuantizeWrapper(layers.Layer):
         self.quantize_output = bool(quantize_output)
         fixed = activation in _FIXED_RANGE_ACTIVATIONS
         self.output_quantizer = ActivationQuantizer(
-            ema_decay, fixed_range=_FIXED_RANGE if fixed else None, name="output_quantizer"
+            ema_decay, fixed_range=_FIXED_RANGE if fixed else None,
+            quantize_in_training=not fixed, name="output_quantizer",
         )
         self.logits_quantizer = (
             ActivationQuantizer(ema_decay, name="logits_quantizer") if fixed else None
@@ -347,7 +371,8 @@ class QuantizeWrapper(layers.Layer):
             bn.moving_mean.assign(m * bn.moving_mean + (1.0 - m) * mean_b)
             bn.moving_variance.assign(m * bn.moving_variance + (1.0 - m) * var_b)
             sigma_b = ops.sqrt(var_b + bn.epsilon)
-            outputs = outputs * ops.stop_gradient(sigma / sigma_b)
+            # No stop_gradient: sigma_B carries BN's gradient (module docstring).
+            outputs = outputs * (ops.stop_gradient(sigma) / sigma_b)
             outputs = outputs + beta + (bias - mean_b) * gamma / sigma_b
         act = self.activation
         if act == "relu":
@@ -356,7 +381,8 @@ class QuantizeWrapper(layers.Layer):
             outputs = ops.relu6(outputs)
         elif act in _FIXED_RANGE_ACTIVATIONS:
             outputs = self.logits_quantizer(outputs, training=training)
-            outputs = ops.softmax(outputs, axis=-1) if act == "softmax" else ops.sigmoid(outputs)
+            # keras.activations keep the logits on the output for the loss.
+            outputs = getattr(keras.activations, act)(outputs)
         if not self.quantize_output:
             return outputs
         return self.output_quantizer(outputs, training=training)
@@ -572,9 +598,10 @@ def _plan_fusions(model, fold_batchnorm, schemes):
         (plan, absorbed, concat_fed, concat_shared): plan maps a weighted layer's
         name to its (batchnorm, activation, quantize_output); absorbed names the
         BN and activation layers merged into it; concat_fed names the layers whose
-        only consumer is a Concatenate. TFLite gives a concatenation's inputs the
-        output's scale, so such a tensor is quantized once, by the concatenation,
-        not twice. concat_shared maps the layers whose output feeds a
+        only consumer is a Concatenate, directly or through scale-preserving
+        layers (a MaxPooling, a Reshape). TFLite gives a concatenation's inputs
+        the output's scale, and those layers pass it back to their input, so
+        such a tensor is quantized once, by the concatenation, not twice. concat_shared maps the layers whose output feeds a
         Concatenate and other layers too (GhostConv's primary convolution) to
         that Concatenate: they are quantized with the concatenation's quantizer
         (same range, so the same int8 scale), which spares TFLite a
@@ -595,8 +622,18 @@ def _plan_fusions(model, fold_batchnorm, schemes):
         users = consumers.get(id(out), [])
         return users[0] if len(users) == 1 and id(out) not in outputs else None
 
+    pass_through = _layer_types()[0]
+
+    def concat_behind(layer):
+        """The Concatenate that is the layer's sole consumer, directly or through
+        scale-preserving pass-through layers (MaxPooling, Reshape, ...), or None."""
+        nxt = sole_consumer(layer)
+        while isinstance(nxt, pass_through) and not isinstance(nxt, layers.InputLayer):
+            nxt = sole_consumer(nxt)
+        return nxt if isinstance(nxt, layers.Concatenate) else None
+
     for layer in model.layers:
-        if isinstance(sole_consumer(layer), layers.Concatenate):
+        if concat_behind(layer) is not None:
             concat_fed.add(layer.name)
             continue
         try:
@@ -754,7 +791,10 @@ def quantize_model(model, per_channel=True, fold_batchnorm=True, ema_decay=0.99)
                 return concat_quantizer(name)(out)
             if name in concat_shared and fixed is None:
                 return share(name, out)
-            return ActivationQuantizer(ema_decay, fixed_range=fixed, name=f"quant_{name}")(out)
+            return ActivationQuantizer(
+                ema_decay, fixed_range=fixed, name=f"quant_{name}",
+                quantize_in_training=act not in _FIXED_RANGE_ACTIVATIONS,
+            )(out)
         supported = ", ".join(
             sorted({t.__name__ for t in _weighted_types() + output_types + pass_through})
         )
