@@ -20,8 +20,10 @@ cross-entropy), then writes three .tflite files:
 
 (and, with `--float_weights DIR`, a fourth, `qat_given`: the same QAT started from the trained
 float weights in DIR/<model>.npz, which benchmarks/quantization.py writes from tfcompress's float
-model) and evaluates each file on the 10,000 test images with the ai_edge_litert interpreter (inputs
-quantized with the file's input scale and zero point). It prints one JSON line on stdout:
+model; with `--qat_repeats K` also K more such QAT runs with other batch orders, each with a
+float fine-tuning control) and evaluates each file on the 10,000 test images with the
+ai_edge_litert interpreter (inputs quantized with the file's input scale and zero point). It
+prints one JSON line on stdout:
 
     {"tool": "tfmot", "versions": {...}, "models": {"small_cnn": {...}, "lenet5": {...}}}
 
@@ -108,6 +110,11 @@ def parse_args(argv):
         "--test_examples", type=int, default=0, help="evaluate on the first N test images (0: all)"
     )
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--qat_repeats", type=int, default=0,
+        help="with --float_weights: K more QAT runs from those weights (batch orders seeded "
+        "seed + 1000 k), each with a float fine-tuning control (result key repeats)",
+    )
     parser.add_argument("--output_dir", default=None, help="save the .tflite files here")
     parser.add_argument(
         "--float_weights", default=None,
@@ -219,6 +226,33 @@ def _qat(model, args, x, y, xt, yt, result, files, key="qat"):
     result["seconds"][f"convert_{key}"] = time.perf_counter() - start
 
 
+def repeat_qat(name, weights, args, train, test):
+    """QAT (int8 .tflite accuracy) and a float fine-tuning control (Keras accuracy) from the
+    given float weights, once per batch order seeded `seed + 1000 k`, k = 1..qat_repeats."""
+    (x, y), (xt, yt) = train, test
+    out = {"seeds": [], "qat": [], "float_finetune": []}
+    for k in range(1, args.qat_repeats + 1):
+        seed = args.seed + 1000 * k
+        scratch, blobs = {"seconds": {}}, {}
+        keras.utils.set_random_seed(seed)
+        model = BUILDERS[name]()
+        model.set_weights(weights)
+        keras.utils.set_random_seed(seed)
+        _qat(model, args, x, y, xt, yt, scratch, blobs, key="repeat")
+        out["qat"].append(float(np.mean(run_tflite(blobs["repeat"], xt).argmax(-1) == yt)))
+        model = BUILDERS[name]()
+        model.set_weights(weights)
+        keras.utils.set_random_seed(seed)
+        _compile(model, args.qat_lr)
+        model.fit(x, y, batch_size=args.batch_size, epochs=args.qat_epochs, verbose=0)
+        out["float_finetune"].append(float(model.evaluate(xt, yt, batch_size=512, verbose=0)[1]))
+        out["seeds"].append(seed)
+        _log(f"{name}: repeat {k} (seed {seed}): QAT int8 {out['qat'][-1]:.4f}, "
+             f"float fine-tune {out['float_finetune'][-1]:.4f}")
+        keras.backend.clear_session()
+    return out
+
+
 def _evaluate(name, args, files, xt, yt, result, predictions):
     for kind, blob in files.items():
         start = time.perf_counter()
@@ -285,6 +319,8 @@ def run_model(name, args, data):
         _log(f"{name}: QAT from the float weights in {given}")
         keras.utils.set_random_seed(args.seed)
         _qat(given_model, args, x, y, xt, yt, result, files, key="qat_given")
+        if args.qat_repeats:
+            result["repeats"] = repeat_qat(name, weights, args, (x, y), (xt, yt))
 
     predictions = {}
     _evaluate(name, args, files, xt, yt, result, predictions)
@@ -321,6 +357,7 @@ def main(argv=None):
             "lr": args.lr,
             "qat_lr": args.qat_lr,
             "seed": args.seed,
+            "qat_repeats": args.qat_repeats,
             "train_examples": len(data[0][0]),
             "test_examples": len(data[1][0]),
         },
