@@ -22,7 +22,9 @@ the goal lines count the test images that only one tool's QAT file gets right. O
 noisy (the batch order alone moves LeNet-5 by up to 14 test images), so with `--qat_repeats K`
 both tools also run QAT K more times from tfcompress's float weights, with batch orders seeded
 `seed + 1000 k` (k = 1..K), and a control: the float model fine-tuned the same way without
-quantization, in each framework. The goals are then also judged on the means.
+quantization, in each framework. tfcompress runs each repeat twice: with quantize_model's
+defaults and with TF's / tfmot's range initialization (`ema_decay=0.999, init_range=(-6, 6)`).
+The goals are then also judged on the means.
 
 Latency. Batch-1 LiteRT latency (one thread) of the float32 and the PTQ int8 file of
 `small_cnn` (28x28x1), `resnet20` with each block convolution (conv, ghost, shift, adder,
@@ -360,22 +362,28 @@ def run_tfcompress(name, args, data):
     return result
 
 
+# quantize_model options of the repeated QAT runs: the defaults, and TF's / tfmot's
+# initialization of the activation ranges.
+REPEAT_CONFIGS = {"qat": {}, "qat_tf_init": {"ema_decay": 0.999, "init_range": (-6.0, 6.0)}}
+
+
 def repeat_qat(name, model, float_weights, args, data, representative):
     """QAT (int8 .tflite accuracy) and a float fine-tuning control (Keras accuracy), each from
     the trained float weights, once per batch order seeded `seed + 1000 k`, k = 1..repeats."""
     from tfcompress.quantization import quantize_model
 
     (x, y), (xt, yt) = data
-    out = {"seeds": [], "qat": [], "float_finetune": []}
+    out = {"seeds": [], "float_finetune": [], **{key: [] for key in REPEAT_CONFIGS}}
     for k in range(1, args.qat_repeats + 1):
         seed = args.seed + 1000 * k
-        model.set_weights(float_weights)
-        keras.utils.set_random_seed(seed)
-        qat_model = quantize_model(model)
-        _compile(qat_model, 1e-4)
-        qat_model.fit(x, y, batch_size=128, epochs=args.qat_epochs, verbose=0)
-        blob = export.to_tflite(qat_model, representative_data=representative, mode="int8")
-        out["qat"].append(float(np.mean(_tflite_predictions(blob, xt) == yt)))
+        for key, options in REPEAT_CONFIGS.items():
+            model.set_weights(float_weights)
+            keras.utils.set_random_seed(seed)
+            qat_model = quantize_model(model, **options)
+            _compile(qat_model, 1e-4)
+            qat_model.fit(x, y, batch_size=128, epochs=args.qat_epochs, verbose=0)
+            blob = export.to_tflite(qat_model, representative_data=representative, mode="int8")
+            out[key].append(float(np.mean(_tflite_predictions(blob, xt) == yt)))
         model.set_weights(float_weights)
         keras.utils.set_random_seed(seed)
         _compile(model, 1e-4)
@@ -383,6 +391,7 @@ def repeat_qat(name, model, float_weights, args, data, representative):
         out["float_finetune"].append(float(model.evaluate(xt, yt, batch_size=512, verbose=0)[1]))
         out["seeds"].append(seed)
         _log(f"tfcompress {name}: repeat {k} (seed {seed}): QAT int8 {out['qat'][-1]:.4f}, "
+             f"with TF's range init {out['qat_tf_init'][-1]:.4f}, "
              f"float fine-tune {out['float_finetune'][-1]:.4f}")
     model.set_weights(float_weights)
     return out
@@ -726,12 +735,14 @@ def accuracy_lines(args, ours, theirs, tfmot_error):
         mine = (ours.get(name) or {}).get("repeats")
         other = (((theirs or {}).get("models", {}).get(name)) or {}).get("repeats")
         if mine or other:
-            cells = [_spread((mine or {}).get("qat")), _spread((other or {}).get("qat"))]
-            if mine and other and mine["qat"] and other["qat"]:
-                diff = statistics.mean(mine["qat"]) - statistics.mean(other["qat"])
-                cells.append(f"{diff * n_test:+.1f}")
-            else:
-                cells.append("-")
+            cells = [_spread((mine or {}).get("qat")), _spread((mine or {}).get("qat_tf_init")),
+                     _spread((other or {}).get("qat"))]
+            for key in REPEAT_CONFIGS:
+                if mine and other and mine.get(key) and other["qat"]:
+                    diff = statistics.mean(mine[key]) - statistics.mean(other["qat"])
+                    cells.append(f"{diff * n_test:+.1f}")
+                else:
+                    cells.append("-")
             cells += [_spread((mine or {}).get("float_finetune")),
                       _spread((other or {}).get("float_finetune"))]
             repeat_rows.append(f"| {name} | " + " | ".join(cells) + " |")
@@ -745,12 +756,15 @@ def accuracy_lines(args, ours, theirs, tfmot_error):
             "model fine-tuned from the same weights the same way (Adam 1e-4, "
             f"{args.qat_epochs} epoch(s)) without quantization, Keras test accuracy, in Keras 3 "
             "(tfcompress column) and tf_keras (tfmot column). Mean (min - max); difference in "
-            "test images."
+            "test images. \"TF init\": tfcompress with quantize_model(model, ema_decay=0.999, "
+            "init_range=(-6, 6)), the activation-range start and decay of TF's and tfmot's QAT "
+            "(default: each range starts at its first batch, decay 0.99)."
         )
         add("")
-        add("| Model | QAT int8, tfcompress | QAT int8, tfmot | tfcompress - tfmot (images) "
+        add("| Model | QAT int8, tfcompress | QAT int8, tfcompress TF init | QAT int8, tfmot "
+            "| tfcompress - tfmot (images) | TF init - tfmot (images) "
             "| Float fine-tune, Keras 3 | Float fine-tune, tf_keras |")
-        add("|---|---:|---:|---:|---:|---:|")
+        add("|---|---:|---:|---:|---:|---:|---:|---:|")
         lines.extend(repeat_rows)
     for i, name in enumerate(ACCURACY_MODELS):
         mine = (ours.get(name) or {}).get("weights_abs_sum")
@@ -953,13 +967,15 @@ def goal_lines(ours, theirs, tfmot_error, entries, n_test):
                                  theirs_model.get("predictions", {}).get("qat_given"), labels)
                 if paired:
                     add(f"  (only tfcompress right: {paired[0]}; only tfmot right: {paired[1]})")
-            mine_r = (ours_model.get("repeats") or {}).get("qat")
             other_r = (theirs_model.get("repeats") or {}).get("qat")
-            if mine_r and other_r:
+            for key, label in (("qat", "defaults"), ("qat_tf_init", "TF's range init")):
+                mine_r = (ours_model.get("repeats") or {}).get(key)
+                if not mine_r or not other_r:
+                    continue
                 diff = statistics.mean(mine_r) - statistics.mean(other_r)
                 add(
                     f"- {name}: mean QAT int8 accuracy over {len(mine_r)} / {len(other_r)} more "
-                    f"batch orders from the same float weights, tfcompress "
+                    f"batch orders from the same float weights, tfcompress ({label}) "
                     f"{_pct(statistics.mean(mine_r))} vs tfmot {_pct(statistics.mean(other_r))} "
                     f"({100 * diff:+.3f} points, {diff * n_test:+.1f} test images) "
                     "(goal: tfcompress >= tfmot) -> " + ("MET" if diff >= 0 else "NOT MET")

@@ -248,8 +248,9 @@ def test_folded_training_gradients_equal_conv_then_bn(kind):
     norm.set_weights([gamma, rng.normal(size=c), rng.normal(size=c), var])
     # Folded kernel = integers x scale, with 127 in every output channel (Dense: one scale).
     ints = rng.integers(-126, 127, size=layer.kernel.shape)
-    ints[0] = 127 if kind == "dense" else ints[0]
-    if kind != "dense":
+    if kind == "dense":
+        ints[0, 0] = 127
+    else:  # conv: [0, 0, 0, every output]; depthwise: [0, 0, every input, every multiplier]
         ints[0, 0, 0 if kind == "conv" else slice(None)] = 127
     out_shape = (layer.kernel.shape[2], 2) if kind == "depthwise" else (c,)
     scale = 2.0 ** rng.integers(-8, -4, size=out_shape) if kind != "dense" else 2.0 ** -6
@@ -299,6 +300,42 @@ def test_training_mode_uses_batch_statistics_and_updates_moving_ones():
     # Equal to BN with batch statistics up to int8 weight/activation rounding.
     assert np.abs(out - float_bn).max() < 0.1 * np.abs(float_bn).max()
     assert np.corrcoef(out.ravel(), float_bn.ravel())[0, 1] > 0.999
+
+
+def test_activation_range_starts_at_first_batch_or_at_init_range(tmp_path):
+    """r <- d * r + (1 - d) * r_batch (zero kept inside), from the first batch's
+    range by default, or from `init_range` (TF's / tfmot's (-6, 6)); and
+    quantize_model gives every non-fixed quantizer the same start."""
+    x1 = np.array([[-1.0, 2.0, 0.5]], "float32")
+    x2 = np.array([[0.5, 3.0, 1.0]], "float32")  # min 0.5 -> 0 (zero stays inside)
+    for init, (lo, hi) in ((None, (-1.0, 2.0)), ((-6.0, 6.0), (-6.0, 6.0))):
+        quantizer = ActivationQuantizer(ema_decay=0.9, init_range=init)
+        if init is not None:
+            lo, hi = 0.9 * lo + 0.1 * -1.0, 0.9 * hi + 0.1 * 2.0
+        quantizer(x1, training=True)
+        lo, hi = 0.9 * lo + 0.1 * 0.0, 0.9 * hi + 0.1 * 3.0
+        quantizer(x2, training=True)
+        np.testing.assert_allclose(
+            [float(quantizer.range_min.numpy()), float(quantizer.range_max.numpy())],
+            [lo, hi], rtol=1e-6,
+        )
+    inputs = keras.Input((6, 6, 2))
+    x = keras.layers.Conv2D(3, 3, activation="relu")(inputs)
+    x = keras.layers.Dense(4, activation="softmax")(keras.layers.Flatten()(x))
+    qat = quantize_model(keras.Model(inputs, x), ema_decay=0.999, init_range=(-6, 6))
+    starts = {
+        (lyr.name, float(lyr.range_min.numpy()), float(lyr.range_max.numpy()))
+        for lyr in qat._flatten_layers() if isinstance(lyr, ActivationQuantizer)
+        and lyr.fixed_range is None
+    }
+    assert len(starts) == 3 and {s[1:] for s in starts} == {(-6.0, 6.0)}, starts
+    qat.save(tmp_path / "qat.keras")
+    loaded = keras.saving.load_model(tmp_path / "qat.keras")
+    data = np.random.default_rng(0).normal(size=(4, 6, 6, 2)).astype("float32")
+    np.testing.assert_array_equal(loaded.predict(data, verbose=0), qat.predict(data, verbose=0))
+    assert loaded.get_layer(qat.layers[1].name).init_range == (-6.0, 6.0)
+    with pytest.raises(ValueError, match=r"init_range.*Received: init_range=\(1, 2\)"):
+        ActivationQuantizer(init_range=(1, 2))
 
 
 def test_per_tensor_annotation_gives_one_weight_scale():
