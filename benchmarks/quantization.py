@@ -758,7 +758,8 @@ def accuracy_lines(args, ours, theirs, tfmot_error):
             "(tfcompress column) and tf_keras (tfmot column). Mean (min - max); difference in "
             "test images. \"TF init\": tfcompress with quantize_model(model, ema_decay=0.999, "
             "init_range=(-6, 6)), the activation-range start and decay of TF's and tfmot's QAT "
-            "(default: each range starts at its first batch, decay 0.99)."
+            "(the input's range still starts at the first batch, as tfmot's follows the data; "
+            "default: every range starts at its first batch, decay 0.99)."
         )
         add("")
         add("| Model | QAT int8, tfcompress | QAT int8, tfcompress TF init | QAT int8, tfmot "

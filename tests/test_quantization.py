@@ -305,7 +305,7 @@ def test_training_mode_uses_batch_statistics_and_updates_moving_ones():
 def test_activation_range_starts_at_first_batch_or_at_init_range(tmp_path):
     """r <- d * r + (1 - d) * r_batch (zero kept inside), from the first batch's
     range by default, or from `init_range` (TF's / tfmot's (-6, 6)); and
-    quantize_model gives every non-fixed quantizer the same start."""
+    quantize_model gives every non-fixed quantizer but the input's that start."""
     x1 = np.array([[-1.0, 2.0, 0.5]], "float32")
     x2 = np.array([[0.5, 3.0, 1.0]], "float32")  # min 0.5 -> 0 (zero stays inside)
     for init, (lo, hi) in ((None, (-1.0, 2.0)), ((-6.0, 6.0), (-6.0, 6.0))):
@@ -324,16 +324,18 @@ def test_activation_range_starts_at_first_batch_or_at_init_range(tmp_path):
     x = keras.layers.Dense(4, activation="softmax")(keras.layers.Flatten()(x))
     qat = quantize_model(keras.Model(inputs, x), ema_decay=0.999, init_range=(-6, 6))
     starts = {
-        (lyr.name, float(lyr.range_min.numpy()), float(lyr.range_max.numpy()))
+        lyr.name: (lyr.init_range, float(lyr.initialized.numpy()))
         for lyr in qat._flatten_layers() if isinstance(lyr, ActivationQuantizer)
         and lyr.fixed_range is None
     }
-    assert len(starts) == 3 and {s[1:] for s in starts} == {(-6.0, 6.0)}, starts
+    assert starts.pop("quant_input") == (None, 0.0)  # the data's range, from the first batch
+    assert sorted(starts.values()) == [((-6.0, 6.0), 1.0)] * 2, starts
     qat.save(tmp_path / "qat.keras")
     loaded = keras.saving.load_model(tmp_path / "qat.keras")
     data = np.random.default_rng(0).normal(size=(4, 6, 6, 2)).astype("float32")
     np.testing.assert_array_equal(loaded.predict(data, verbose=0), qat.predict(data, verbose=0))
-    assert loaded.get_layer(qat.layers[1].name).init_range == (-6.0, 6.0)
+    wrapper = next(lyr for lyr in loaded.layers if isinstance(lyr, QuantizeWrapper))
+    assert wrapper.init_range == (-6.0, 6.0)
     with pytest.raises(ValueError, match=r"init_range.*Received: init_range=\(1, 2\)"):
         ActivationQuantizer(init_range=(1, 2))
 

@@ -719,10 +719,11 @@ def quantize_model(model, per_channel=True, fold_batchnorm=True, ema_decay=0.99,
         ema_decay: decay of the activation ranges' moving averages.
         init_range: None: each activation range starts at its first training
             batch's min/max (fast to settle, for short runs); or (min, max) where
-            every range starts, as in TF's and tfmot's QAT, which use (-6, 6)
-            with ema_decay=0.999. Those keep the ranges wide through a one-epoch
-            fine-tuning, and on MNIST LeNet-5 gave higher int8 accuracy
-            (benchmarks/RESULTS.md).
+            every range but the model input's starts, as in TF's and tfmot's QAT,
+            which use (-6, 6) with ema_decay=0.999. Those keep the ranges wide
+            through a one-epoch fine-tuning, which gave higher int8 accuracy on
+            MNIST (benchmarks/RESULTS.md). The input's range always starts at the
+            first batch: it is the data's range (tfmot tracks its min/max).
 
     Returns:
         A new `keras.Model` (uncompiled) whose weights start equal to `model`'s.
@@ -850,9 +851,8 @@ def quantize_model(model, per_channel=True, fold_batchnorm=True, ema_decay=0.99,
         if tensor is not inputs:
             return tensor
         if not quantized:
-            quantized.append(
-                ActivationQuantizer(ema_decay, init_range=init_range, name="quant_input")(inputs)
-            )
+            # The input's range is the data's: it starts at the first batch either way.
+            quantized.append(ActivationQuantizer(ema_decay, name="quant_input")(inputs))
         return quantized[0]
 
     def call_on_quantized_inputs(new_layer, *args, **kwargs):
