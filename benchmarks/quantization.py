@@ -362,9 +362,12 @@ def run_tfcompress(name, args, data):
     return result
 
 
-# quantize_model options of the repeated QAT runs: the defaults, and TF's / tfmot's
-# initialization of the activation ranges.
-REPEAT_CONFIGS = {"qat": {}, "qat_tf_init": {"ema_decay": 0.999, "init_range": (-6.0, 6.0)}}
+# The repeated QAT runs of tfcompress: result key -> (label, quantize_model options): the
+# defaults, and TF's / tfmot's initialization of the activation ranges.
+REPEAT_CONFIGS = {
+    "qat": ("defaults", {}),
+    "qat_tf_init": ("TF's range init", {"ema_decay": 0.999, "init_range": (-6.0, 6.0)}),
+}
 
 
 def repeat_qat(name, model, float_weights, args, data, representative):
@@ -376,7 +379,7 @@ def repeat_qat(name, model, float_weights, args, data, representative):
     out = {"seeds": [], "float_finetune": [], **{key: [] for key in REPEAT_CONFIGS}}
     for k in range(1, args.qat_repeats + 1):
         seed = args.seed + 1000 * k
-        for key, options in REPEAT_CONFIGS.items():
+        for key, (_, options) in REPEAT_CONFIGS.items():
             model.set_weights(float_weights)
             keras.utils.set_random_seed(seed)
             qat_model = quantize_model(model, **options)
@@ -390,8 +393,10 @@ def repeat_qat(name, model, float_weights, args, data, representative):
         model.fit(x, y, batch_size=128, epochs=args.qat_epochs, verbose=0)
         out["float_finetune"].append(float(model.evaluate(xt, yt, batch_size=512, verbose=0)[1]))
         out["seeds"].append(seed)
-        _log(f"tfcompress {name}: repeat {k} (seed {seed}): QAT int8 {out['qat'][-1]:.4f}, "
-             f"with TF's range init {out['qat_tf_init'][-1]:.4f}, "
+        accuracies = ", ".join(
+            f"{label} {out[key][-1]:.4f}" for key, (label, _) in REPEAT_CONFIGS.items()
+        )
+        _log(f"tfcompress {name}: repeat {k} (seed {seed}): QAT int8 {accuracies}, "
              f"float fine-tune {out['float_finetune'][-1]:.4f}")
     model.set_weights(float_weights)
     return out
@@ -735,8 +740,8 @@ def accuracy_lines(args, ours, theirs, tfmot_error):
         mine = (ours.get(name) or {}).get("repeats")
         other = (((theirs or {}).get("models", {}).get(name)) or {}).get("repeats")
         if mine or other:
-            cells = [_spread((mine or {}).get("qat")), _spread((mine or {}).get("qat_tf_init")),
-                     _spread((other or {}).get("qat"))]
+            cells = [_spread((mine or {}).get(key)) for key in REPEAT_CONFIGS]
+            cells.append(_spread((other or {}).get("qat")))
             for key in REPEAT_CONFIGS:
                 if mine and other and mine.get(key) and other["qat"]:
                     diff = statistics.mean(mine[key]) - statistics.mean(other["qat"])
@@ -969,7 +974,7 @@ def goal_lines(ours, theirs, tfmot_error, entries, n_test):
                 if paired:
                     add(f"  (only tfcompress right: {paired[0]}; only tfmot right: {paired[1]})")
             other_r = (theirs_model.get("repeats") or {}).get("qat")
-            for key, label in (("qat", "defaults"), ("qat_tf_init", "TF's range init")):
+            for key, (label, _) in REPEAT_CONFIGS.items():
                 mine_r = (ours_model.get("repeats") or {}).get(key)
                 if not mine_r or not other_r:
                     continue
