@@ -40,9 +40,9 @@ def test_compress_trains_profiles_exports_and_verifies(tmp_path):
     assert int8["mode"] == "qat"
     # The output is a softmax (steps of 1/256): a legal 1-step difference of a logit
     # (step ~0.05 here) moves a probability by up to 0.05 * p * (1 - p), 3 output
-    # steps, so a few of the 3,600 outputs land 2-3 steps away (seen: 6, seed 1;
-    # every logit was within 1 step). The layer tests hold softmax to 99.9%.
-    assert int8["parity"]["within_1_step"] >= 0.995
+    # steps. Since the QAT model rounds its biases as the file does, seeds 1-3 gave
+    # 100% within 1 step, at most 1 step (before: 6 of 3,600 outputs 2-3 steps away).
+    assert int8["parity"]["within_1_step"] >= 0.999
     assert int8["parity"]["max_diff_steps"] <= 4.0 + 1e-3
     assert int8["parity"]["argmax_agreement"] >= 0.99
     assert int8["test_accuracy"] > report["keras_test_accuracy"] - 0.05

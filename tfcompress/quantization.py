@@ -7,7 +7,8 @@ Neural Networks for Efficient Integer-Arithmetic-Only Inference", CVPR 2018):
   (`per_channel=True`) or per tensor, `s = max|w| / 127`;
 * activations: asymmetric int8, `x ~ s * (q - z)`, range from an exponential
   moving average of the batch min/max seen in training (zero always inside);
-* bias: int32 at scale `s_in * s_w` (done by the converter).
+* bias: int32 at scale `s_in * s_w` (the converter rounds it; the QAT model's
+  inference rounds it the same way, with the scale of its input's quantizer).
 
 Fake quantization sits where TFLite quantizes: on the model input, on the folded
 weights, and after the fused conv + bias + activation (never between them), so
@@ -72,6 +73,16 @@ def _activation_name(activation):
     return name or str(activation)
 
 
+def _weight_bound(kernel, per_channel, channel_axis=-1):
+    """`max |w|` per slice along `channel_axis` (or over all), at least 1e-8."""
+    if per_channel:
+        axes = [a for a in range(len(kernel.shape)) if a != channel_axis % len(kernel.shape)]
+        bound = ops.max(ops.abs(kernel), axis=axes)
+    else:
+        bound = ops.max(ops.abs(kernel))
+    return ops.maximum(bound, 1e-8)
+
+
 def fake_quant_weights(kernel, per_channel=True, channel_axis=-1):
     """Symmetric int8 fake quantization of a weight tensor, as TFLite stores it.
 
@@ -90,12 +101,7 @@ def fake_quant_weights(kernel, per_channel=True, channel_axis=-1):
         nudged range passes its gradient through the range, `max |w|`, back
         to itself, so every weight gets the identity gradient.
     """
-    if per_channel:
-        axes = [a for a in range(len(kernel.shape)) if a != channel_axis % len(kernel.shape)]
-        bound = ops.max(ops.abs(kernel), axis=axes)
-    else:
-        bound = ops.max(ops.abs(kernel))
-    bound = ops.maximum(bound, 1e-8)
+    bound = _weight_bound(kernel, per_channel, channel_axis)
     return keras.quantizers.fake_quant_with_min_max_vars(
         kernel,
         -bound,
@@ -204,9 +210,17 @@ class ActivationQuantizer(layers.Layer):
                 ops.where(seen, d * self.range_max + (1.0 - d) * batch_max, batch_max)
             )
             self.initialized.assign(1.0)
-        lo = ops.minimum(self.range_min, 0.0)
-        hi = ops.maximum(self.range_max, lo + 1e-6)
+        lo, hi = self._bounds()
         return keras.quantizers.fake_quant_with_min_max_vars(inputs, lo, hi, num_bits=8)
+
+    def _bounds(self):
+        lo = ops.minimum(self.range_min, 0.0)
+        return lo, ops.maximum(self.range_max, lo + 1e-6)
+
+    def scale(self):
+        """The int8 scale of the current range, `(max - min) / 255`, as TFLite takes it."""
+        lo, hi = self._bounds()
+        return (hi - lo) / 255.0
 
     def compute_output_shape(self, input_shape):
         return input_shape
@@ -297,6 +311,7 @@ class QuantizeWrapper(layers.Layer):
             ActivationQuantizer(ema_decay, init_range=self.init_range, name="logits_quantizer")
             if fixed else None
         )
+        self._input_quantizer_ref = None  # weakref, set when called in a functional graph
 
     def build(self, input_shape):
         if not self.layer.built:
@@ -330,15 +345,52 @@ class QuantizeWrapper(layers.Layer):
             return ops.reshape(values, (1, 1, cin, mult))
         return values
 
-    def _quantized_kernel(self, kernel):
+    def _kernel_as_stored(self, kernel):
+        """(kernel with TFLite's output channels last, per_channel) for the weight grid."""
         if isinstance(self.layer, layers.DepthwiseConv2D):
             # TFLite's depthwise output channel is c * multiplier + m.
             kh, kw, cin, mult = kernel.shape
-            flat = ops.reshape(kernel, (kh, kw, 1, cin * mult))
-            return ops.reshape(fake_quant_weights(flat, self.per_channel), (kh, kw, cin, mult))
+            return ops.reshape(kernel, (kh, kw, 1, cin * mult)), self.per_channel
         # TFLite's FULLY_CONNECTED takes one weight scale (per-tensor), as in its PTQ.
-        per_channel = self.per_channel and len(kernel.shape) != 2
-        return fake_quant_weights(kernel, per_channel)
+        return kernel, self.per_channel and len(kernel.shape) != 2
+
+    def _quantized_kernel(self, kernel):
+        stored, per_channel = self._kernel_as_stored(kernel)
+        return ops.reshape(fake_quant_weights(stored, per_channel), kernel.shape)
+
+    def _bias_on_int32_grid(self, bias, kernel):
+        """The bias as the file stores it: int32 at scale `s_in * s_w`.
+
+        TFLite rounds the bias to that grid; a bias half a step from it moves an
+        output sitting at a rounding boundary by one int8 step, which flips a Sign
+        behind it (a BinaryConv's input). Needs the input's quantizer, found when
+        the layer is called in a functional graph; without one (an unquantized
+        input) the bias stays as it is.
+        """
+        quantizer = self.input_quantizer
+        if quantizer is None:
+            return bias
+        stored, per_channel = self._kernel_as_stored(kernel)
+        step = quantizer.scale() * _weight_bound(stored, per_channel) / 127.0
+        return ops.round(bias / step) * step
+
+    def __call__(self, inputs, *args, **kwargs):
+        # In a functional graph (built by quantize_model, or rebuilt when a .keras
+        # file loads) the input's history names the quantizer of its int8 grid.
+        if isinstance(inputs, keras.KerasTensor):
+            producer = _input_quantizer_of(inputs)
+            self._input_quantizer_ref = None if producer is None else weakref.ref(producer)
+        return super().__call__(inputs, *args, **kwargs)
+
+    @property
+    def input_quantizer(self):
+        """The ActivationQuantizer whose int8 grid the input is on (None if unquantized).
+
+        Found from the functional graph the layer is called in, through
+        scale-preserving layers; the inference bias is rounded with its scale.
+        """
+        ref = self._input_quantizer_ref
+        return None if ref is None else ref()
 
     def _gamma_beta(self):
         bn = self.batchnorm
@@ -380,7 +432,9 @@ class QuantizeWrapper(layers.Layer):
         layer, bn = self.layer, self.batchnorm
         folded, folded_bias = self.folded_weights()
         outputs = self._op(inputs, self._quantized_kernel(folded))
-        if bn is None or not training:
+        if not training:
+            outputs = outputs + self._bias_on_int32_grid(folded_bias, folded)
+        elif bn is None:
             outputs = outputs + folded_bias
         else:
             kernel = self._kernel()
@@ -480,6 +534,15 @@ class QuantizeAdderWrapper(layers.Layer):
             self.layer.build(input_shape)
         for quantizer in self.quantizers.values():
             quantizer.build(())
+
+    @property
+    def output_quantizer(self):
+        """The quantizer of the last step, whose int8 grid the output is on."""
+        if self.layer.bias is not None:
+            return self.quantizers["biased"]
+        kernel_shape = self.layer.kernel.shape
+        positions = 1 if len(kernel_shape) == 2 else kernel_shape[0] * kernel_shape[1]
+        return self.quantizers["accumulated" if positions > 1 else "negated"]
 
     def _inputs_and_kernels(self, inputs):
         """(input slice, kernel slice) per kernel position, as AdderConv computes them."""
@@ -695,6 +758,31 @@ def _plan_fusions(model, fold_batchnorm, schemes):
         plan[layer.name] = (bn, act, tail.name not in concat_fed and not shared)
         absorbed.update(x.name for x in (bn, tail) if x is not None and x is not layer)
     return plan, absorbed, concat_fed, concat_shared
+
+
+def _input_quantizer_of(tensor):
+    """The ActivationQuantizer whose int8 grid a KerasTensor is on, or None.
+
+    Follows the tensor back through scale-preserving layers (MaxPooling,
+    Reshape, Shift, ...) to the quantizer that produced it: a standalone one or
+    a wrapper's output quantizer. None for an unquantized tensor.
+    """
+    pass_through = _layer_types()[0]
+    while True:
+        history = getattr(tensor, "_keras_history", None)
+        op = None if history is None else history.operation
+        if isinstance(op, ActivationQuantizer):
+            return op
+        if isinstance(op, QuantizeWrapper):
+            return op.output_quantizer if op.quantize_output else None
+        if isinstance(op, QuantizeAdderWrapper):
+            return op.output_quantizer
+        if not isinstance(op, pass_through) or isinstance(op, layers.InputLayer):
+            return None
+        inputs = op._inbound_nodes[history.node_index].input_tensors
+        if len(inputs) != 1:
+            return None
+        tensor = inputs[0]
 
 
 def _copy_weights(source, target):
