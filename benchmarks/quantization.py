@@ -363,10 +363,10 @@ def run_tfcompress(name, args, data):
 
 
 # The repeated QAT runs of tfcompress: result key -> (label, quantize_model options): the
-# defaults, and TF's / tfmot's initialization of the activation ranges.
+# defaults (TF's / tfmot's range start), and activation ranges that start at the first batch.
 REPEAT_CONFIGS = {
     "qat": ("defaults", {}),
-    "qat_tf_init": ("TF's range init", {"ema_decay": 0.999, "init_range": (-6.0, 6.0)}),
+    "qat_first_batch": ("first-batch ranges", {"ema_decay": 0.99, "init_range": None}),
 }
 
 
@@ -761,14 +761,15 @@ def accuracy_lines(args, ours, theirs, tfmot_error):
             "model fine-tuned from the same weights the same way (Adam 1e-4, "
             f"{args.qat_epochs} epoch(s)) without quantization, Keras test accuracy, in Keras 3 "
             "(tfcompress column) and tf_keras (tfmot column). Mean (min - max); difference in "
-            "test images. \"TF init\": tfcompress with quantize_model(model, ema_decay=0.999, "
-            "init_range=(-6, 6)), the activation-range start and decay of TF's and tfmot's QAT "
-            "(the input's range still starts at the first batch, as tfmot's follows the data; "
-            "default: every range starts at its first batch, decay 0.99)."
+            "test images. tfcompress's defaults start the activation ranges at (-6, 6) with "
+            "decay 0.999, as TF's and tfmot's QAT (the input's at its first batch, as tfmot's "
+            "follows the data); \"first batch\": quantize_model(model, init_range=None, "
+            "ema_decay=0.99), every range starting at its first batch (the default before "
+            "2026-11-25)."
         )
         add("")
-        add("| Model | QAT int8, tfcompress | QAT int8, tfcompress TF init | QAT int8, tfmot "
-            "| tfcompress - tfmot (images) | TF init - tfmot (images) "
+        add("| Model | QAT int8, tfcompress | QAT int8, tfcompress first batch | QAT int8, tfmot "
+            "| tfcompress - tfmot (images) | first batch - tfmot (images) "
             "| Float fine-tune, Keras 3 | Float fine-tune, tf_keras |")
         add("|---|---:|---:|---:|---:|---:|---:|---:|")
         lines.extend(repeat_rows)

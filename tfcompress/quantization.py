@@ -25,8 +25,8 @@ unquantized pass), so with the straight-through weight quantizer it is exactly
 the gradient of conv-then-BN in training mode.
 
 Supported layers: Conv2D, DepthwiseConv2D, Dense (activation linear, relu,
-relu6, softmax or sigmoid), BatchNormalization (folded, or quantized on its
-own), Add, Subtract, Multiply, Average, Concatenate, GlobalAveragePooling,
+relu6, softmax or sigmoid), BatchNormalization (folded, or `QuantizeBatchNorm`
+where there is nothing to fold into), Add, Subtract, Multiply, Average, Concatenate, GlobalAveragePooling,
 AveragePooling, Rescaling, standalone ReLU / Activation / Softmax, the
 scale-preserving MaxPooling, Flatten, Reshape, Dropout, ZeroPadding, Cropping,
 Permute, and every tfcompress layer: GhostConv, GhostBottleneck and ShiftConv
@@ -494,7 +494,8 @@ class QuantizeAdderWrapper(layers.Layer):
     SUM over input channels, MUL by -1, and an ADD accumulating the positions;
     every one of those int8 tensors gets its own scale. This wrapper fake-quantizes
     each of them (one moving-average range per kind of step, shared by the
-    positions), so the QAT model computes what the file computes. Weights are
+    positions; the partial sums' range follows the full sum), so the QAT model
+    computes what the file computes. Weights are
     symmetric int8 with one scale (SUB takes a per-tensor constant). Training uses
     plain straight-through gradients (AdderNet's HardTanh rule is for training
     from scratch; this is for fine-tuning).
@@ -571,11 +572,20 @@ class QuantizeAdderWrapper(layers.Layer):
         q = {step: (lambda t, quantizer=quantizer: quantizer(t, training=training))
              for step, quantizer in self.quantizers.items()}
         outputs = None
-        for patch, kernel in self._inputs_and_kernels(inputs):
+        pairs = self._inputs_and_kernels(inputs)
+        for i, (patch, kernel) in enumerate(pairs):
             diff = q["difference"](ops.expand_dims(patch, -1) - kernel)
             part = q["sum"](ops.sum(q["magnitude"](magnitude(diff)), axis=-2))
             part = q["negated"](part * -1.0)
-            outputs = part if outputs is None else q["accumulated"](outputs + part)
+            if outputs is None:
+                outputs = part
+            else:
+                # The partial sums share one int8 scale. They grow with each position, so
+                # the range follows the last, full sum, which holds every earlier one;
+                # following all of them would clip the full sum.
+                outputs = self.quantizers["accumulated"](
+                    outputs + part, training=training, update_range=i == len(pairs) - 1
+                )
         if self.layer.bias is not None:
             outputs = q["biased"](outputs + self.layer.bias)
         return outputs
@@ -587,6 +597,125 @@ class QuantizeAdderWrapper(layers.Layer):
         config = super().get_config()
         config.update(layer=keras.saving.serialize_keras_object(self.layer),
                       ema_decay=self.ema_decay, init_range=self.init_range)
+        return config
+
+
+def _fake_quant_constant(values):
+    """int8 fake quantization of a constant operand of ADD / MUL, as the converter
+    stores it: one asymmetric scale over [min(v, 0), max(v, 0)]; straight-through."""
+    values = ops.convert_to_tensor(values)
+    lo = ops.stop_gradient(ops.minimum(ops.min(values), 0.0))
+    hi = ops.stop_gradient(ops.maximum(ops.max(values), lo + 1e-6))
+    return keras.quantizers.fake_quant_with_min_max_vars(values, lo, hi, num_bits=8)
+
+
+@keras.saving.register_keras_serializable(package="tfcompress")
+class QuantizeBatchNorm(layers.Layer):
+    """A BatchNormalization that is not folded, in int8 as the exported ADD and MUL run it.
+
+        BN(x) = (x + d) * m,   m = gamma / sqrt(var + eps),   d = beta / m - mean
+
+    per channel. `d` and `m` are int8 constants (`_fake_quant_constant`) and the sum
+    between the ADD and the MUL is an int8 tensor with its own moving-average range,
+    so the QAT model computes what the file computes. Adding first keeps that tensor
+    centred on the data's spread. The other order, Keras' `x * m + (beta - mean * m)`,
+    which the converter would emit with a range it calibrates itself, rounds `x * m`
+    before a large offset cancels it, e.g. behind an AdderConv, whose outputs
+    -sum |x - w| sit far from zero: tens of output steps of error.
+    Training uses the batch statistics and updates the moving ones with the layer's
+    momentum, as `BatchNormalization` does. A channel with |m| < 1e-6 (gamma of 0)
+    computes with m = 1e-6.
+
+    Args:
+        layer: the BatchNormalization (or its serialized config), normalizing the last axis.
+        activation: "linear", "relu" or "relu6" after it (TFLite fuses it into the MUL).
+        ema_decay: decay of the ranges' moving averages.
+        quantize_output: False when the output feeds only a concatenation, which
+            quantizes it (as in `QuantizeWrapper`).
+        init_range: where the ranges start (`ActivationQuantizer`).
+        **kwargs: standard Layer arguments.
+
+    Raises:
+        ValueError: for a layer that is not a BatchNormalization over the last axis.
+    """
+
+    def __init__(
+        self, layer, activation="linear", ema_decay=0.99, quantize_output=True, init_range=None,
+        **kwargs,
+    ):
+        super().__init__(**kwargs)
+        if isinstance(layer, dict):
+            layer = keras.saving.deserialize_keras_object(layer)
+        if not isinstance(layer, layers.BatchNormalization):
+            raise ValueError(  # noqa: TRY004
+                f"QuantizeBatchNorm wraps a BatchNormalization. Received: layer={layer!r}"
+            )
+        if activation not in ("linear", "relu", "relu6"):
+            raise ValueError(
+                "QuantizeBatchNorm fuses activation 'linear', 'relu' or 'relu6'. "
+                f"Received: activation={activation!r}"
+            )
+        self.activation = activation
+        self.layer = layer
+        self.ema_decay = float(ema_decay)
+        self.quantize_output = bool(quantize_output)
+        self.init_range = _check_range("init_range", init_range)
+        self.sum_quantizer = ActivationQuantizer(
+            ema_decay, init_range=self.init_range, name="sum_quantizer"
+        )
+        self.output_quantizer = ActivationQuantizer(
+            ema_decay, init_range=self.init_range, name="output_quantizer"
+        )
+
+    def build(self, input_shape):
+        if self.layer.axis not in (-1, len(input_shape) - 1):
+            raise ValueError(
+                f"{self.layer.name!r}: only a BatchNormalization over the last axis can be "
+                f"quantized. Received: axis={self.layer.axis!r} for inputs of rank "
+                f"{len(input_shape)}"
+            )
+        if not self.layer.built:
+            self.layer.build(input_shape)
+        self.sum_quantizer.build(input_shape)
+        self.output_quantizer.build(input_shape)
+
+    def call(self, inputs, training=None, mask=None):
+        del mask  # quantize_model passes none through: Keras' functional API adds it
+        bn = self.layer
+        if training:
+            mean, var = ops.moments(inputs, axes=list(range(len(inputs.shape) - 1)))
+            m = bn.momentum
+            bn.moving_mean.assign(m * bn.moving_mean + (1.0 - m) * mean)
+            bn.moving_variance.assign(m * bn.moving_variance + (1.0 - m) * var)
+        else:
+            mean, var = bn.moving_mean, bn.moving_variance
+        gamma = bn.gamma if bn.scale else ops.ones_like(bn.moving_mean)
+        beta = bn.beta if bn.center else ops.zeros_like(bn.moving_mean)
+        scale = gamma / ops.sqrt(var + bn.epsilon)
+        scale = ops.where(ops.abs(scale) < 1e-6, 1e-6, scale)
+        shift = beta / scale - mean
+        outputs = self.sum_quantizer(inputs + _fake_quant_constant(shift), training=training)
+        outputs = outputs * _fake_quant_constant(scale)
+        if self.activation == "relu":
+            outputs = ops.relu(outputs)
+        elif self.activation == "relu6":
+            outputs = ops.relu6(outputs)
+        if not self.quantize_output:
+            return outputs
+        return self.output_quantizer(outputs, training=training)
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            layer=keras.saving.serialize_keras_object(self.layer),
+            activation=self.activation,
+            ema_decay=self.ema_decay,
+            quantize_output=self.quantize_output,
+            init_range=self.init_range,
+        )
         return config
 
 
@@ -686,7 +815,7 @@ def _plan_fusions(model, fold_batchnorm, schemes):
     """Finds weighted layer -> [BatchNormalization] -> [activation] chains to fuse.
 
     Returns:
-        (plan, absorbed, concat_fed, concat_shared): plan maps a weighted layer's
+        (plan, absorbed, concat_fed, concat_shared, batchnorm_activations): plan maps a weighted layer's
         name to its (batchnorm, activation, quantize_output); absorbed names the
         BN and activation layers merged into it; concat_fed names the layers whose
         only consumer is a Concatenate, directly or through scale-preserving
@@ -698,7 +827,8 @@ def _plan_fusions(model, fold_batchnorm, schemes):
         that Concatenate: they are quantized with the concatenation's quantizer
         (same range, so the same int8 scale), which spares TFLite a
         requantization (QUANTIZE) that LiteRT's XNNPACK rounds differently from
-        Keras.
+        Keras. batchnorm_activations maps a BatchNormalization left standing
+        (nothing to fold into) to the ReLU / ReLU6 it fuses (TFLite's MUL does).
     """
     consumers = _consumers(model)
     weighted = _weighted_types()
@@ -757,7 +887,22 @@ def _plan_fusions(model, fold_batchnorm, schemes):
         shared = layer.name in concat_shared
         plan[layer.name] = (bn, act, tail.name not in concat_fed and not shared)
         absorbed.update(x.name for x in (bn, tail) if x is not None and x is not layer)
-    return plan, absorbed, concat_fed, concat_shared
+    batchnorm_activations = {}
+    for layer in model.layers:
+        if (not isinstance(layer, layers.BatchNormalization) or layer.name in absorbed
+                or schemes.get(layer.name) == "float"):
+            continue
+        nxt = sole_consumer(layer)
+        act = None if nxt is None else _activation_of(nxt)
+        if act not in ("relu", "relu6") or schemes.get(nxt.name) == "float":
+            continue
+        batchnorm_activations[layer.name] = act
+        absorbed.add(nxt.name)
+        if nxt.name in concat_fed:
+            concat_fed.add(layer.name)
+        if nxt.name in concat_shared:
+            concat_shared[layer.name] = concat_shared.pop(nxt.name)
+    return plan, absorbed, concat_fed, concat_shared, batchnorm_activations
 
 
 def _input_quantizer_of(tensor):
@@ -773,7 +918,7 @@ def _input_quantizer_of(tensor):
         op = None if history is None else history.operation
         if isinstance(op, ActivationQuantizer):
             return op
-        if isinstance(op, QuantizeWrapper):
+        if isinstance(op, (QuantizeWrapper, QuantizeBatchNorm)):
             return op.output_quantizer if op.quantize_output else None
         if isinstance(op, QuantizeAdderWrapper):
             return op.output_quantizer
@@ -789,7 +934,9 @@ def _copy_weights(source, target):
     target.set_weights(source.get_weights())
 
 
-def quantize_model(model, per_channel=True, fold_batchnorm=True, ema_decay=0.99, init_range=None):
+def quantize_model(
+    model, per_channel=True, fold_batchnorm=True, ema_decay=0.999, init_range=(-6.0, 6.0),
+):
     """Returns a trainable quantization-aware copy of a functional/Sequential model.
 
     The copy has int8 fake quantization on its input, on every weighted layer's
@@ -805,13 +952,17 @@ def quantize_model(model, per_channel=True, fold_batchnorm=True, ema_decay=0.99,
             `quantize_annotate_layer` overrides it per layer.
         fold_batchnorm: fold BatchNormalization into the preceding weighted layer.
         ema_decay: decay of the activation ranges' moving averages.
-        init_range: None: each activation range starts at its first training
-            batch's min/max (fast to settle, for short runs); or (min, max) where
-            every range but the model input's starts, as in TF's and tfmot's QAT,
-            which use (-6, 6) with ema_decay=0.999. Those keep the ranges wide
-            through a one-epoch fine-tuning, which gave higher int8 accuracy on
-            MNIST (benchmarks/RESULTS.md). The input's range always starts at the
-            first batch: it is the data's range (tfmot tracks its min/max).
+        init_range: (min, max) where every activation range but the model
+            input's and AdderConv's steps starts; the default (-6, 6) with
+            ema_decay=0.999 is TF's and tfmot's QAT start, which keeps the ranges
+            wide through a one-epoch fine-tuning (on MNIST LeNet-5 it gave 8.2 /
+            4.6 more correct test images out of 10,000 than first-batch ranges,
+            two seeds of four runs; benchmarks/RESULTS.md). None: each range
+            starts at its first training batch's min/max (with ema_decay=0.99 it
+            settles within a few dozen steps). The input's range always starts at
+            the first batch: it is the data's range (tfmot tracks its min/max).
+            So do an AdderConv's: -sum |x - w| grows with the fan-in, far past
+            (-6, 6), which would clip nearly every output (and zero its gradient).
 
     Returns:
         A new `keras.Model` (uncompiled) whose weights start equal to `model`'s.
@@ -848,7 +999,9 @@ def quantize_model(model, per_channel=True, fold_batchnorm=True, ema_decay=0.99,
         raise ValueError(
             f"quantize_model supports one model input; {model.name!r} has {len(model.inputs)}."
         )
-    plan, absorbed, concat_fed, concat_shared = _plan_fusions(model, fold_batchnorm, schemes)
+    plan, absorbed, concat_fed, concat_shared, batchnorm_activations = _plan_fusions(
+        model, fold_batchnorm, schemes
+    )
     shared_quantizers = {}  # Concatenate name -> its ActivationQuantizer
 
     def concat_quantizer(concat_name):
@@ -899,12 +1052,21 @@ def quantize_model(model, per_channel=True, fold_batchnorm=True, ema_decay=0.99,
                 _copy_weights(bn, wrapper.batchnorm)
             return share(name, out) if name in concat_shared else out
         if isinstance(original, adder_types) and scheme != "float":
-            wrapper = QuantizeAdderWrapper(
-                clone(original), ema_decay, init_range=init_range, name=f"quant_{name}"
+            wrapper = QuantizeAdderWrapper(  # ranges from the data (init_range above)
+                clone(original), ema_decay, init_range=None, name=f"quant_{name}"
             )
             out = wrapper(*args, **kwargs)
             _copy_weights(original, wrapper.layer)
             return out
+        if isinstance(original, layers.BatchNormalization) and scheme != "float":
+            wrapper = QuantizeBatchNorm(
+                clone(original), batchnorm_activations.get(name, "linear"), ema_decay,
+                init_range=init_range, name=f"quant_{name}",
+                quantize_output=name not in concat_fed and name not in concat_shared,
+            )
+            out = wrapper(*args, **kwargs)
+            _copy_weights(original, wrapper.layer)
+            return share(name, out) if name in concat_shared else out
         out = new_layer(*args, **kwargs)
         _copy_weights(original, new_layer)
         if scheme == "float" or isinstance(original, pass_through) or name in concat_fed:
