@@ -26,9 +26,9 @@ the gradient of conv-then-BN in training mode.
 
 Supported layers: Conv2D, DepthwiseConv2D, Dense (activation linear, relu,
 relu6, softmax or sigmoid), BatchNormalization (folded, or `QuantizeBatchNorm`
-where there is nothing to fold into), Add, Subtract, Multiply, Average, Concatenate, GlobalAveragePooling,
-AveragePooling, Rescaling, standalone ReLU / Activation / Softmax, the
-scale-preserving MaxPooling, Flatten, Reshape, Dropout, ZeroPadding, Cropping,
+where there is nothing to fold into), Add, Subtract, Multiply, Average,
+Concatenate, GlobalAveragePooling, AveragePooling, Rescaling, standalone ReLU /
+Activation / Softmax, the scale-preserving MaxPooling, Flatten, Reshape, Dropout, ZeroPadding, Cropping,
 Permute, and every tfcompress layer: GhostConv, GhostBottleneck and ShiftConv
 (lowered first, see `tfcompress.lowering`), Shift, BinaryConv/BinaryDense (Sign
 + a conv on +/-1 inputs) and AdderConv/AdderDense (`QuantizeAdderWrapper`).
@@ -815,9 +815,10 @@ def _plan_fusions(model, fold_batchnorm, schemes):
     """Finds weighted layer -> [BatchNormalization] -> [activation] chains to fuse.
 
     Returns:
-        (plan, absorbed, concat_fed, concat_shared, batchnorm_activations): plan maps a weighted layer's
-        name to its (batchnorm, activation, quantize_output); absorbed names the
-        BN and activation layers merged into it; concat_fed names the layers whose
+        (plan, absorbed, concat_fed, concat_shared, batchnorm_activations): plan
+        maps a weighted layer's name to its (batchnorm, activation,
+        quantize_output); absorbed names the BN and activation layers merged
+        into it; concat_fed names the layers whose
         only consumer is a Concatenate, directly or through scale-preserving
         layers (a MaxPooling, a Reshape). TFLite gives a concatenation's inputs
         the output's scale, and those layers pass it back to their input, so
