@@ -136,7 +136,7 @@ class ActivationQuantizer(layers.Layer):
     always widened to contain 0 so that zero is exact. The first batch sets it,
     or, with `init_range=(lo, hi)`, it starts there (TF's and tfmot's QAT start
     at (-6, 6) with decay 0.999, which keeps ranges wide through a short
-    fine-tuning).
+    fine-tuning; `quantize_model` does the same by default).
     `fixed_range=(lo, hi)` pins the range (softmax/sigmoid outputs, which TFLite
     quantizes with scale 1/256 and zero point -128).
 
