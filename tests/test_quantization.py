@@ -168,6 +168,15 @@ def test_ghost_bottleneck_qat_export_close(se_ratio, tmp_path):
     loaded.fit(x, loaded.predict(x, verbose=0), epochs=1, verbose=0)
 
 
+def _fake_quant_np(values, lo, hi):
+    """NumPy twin of TF's 8-bit FakeQuant: zero nudged onto the grid, then clip and round."""
+    lo, hi = min(lo, 0.0), max(hi, min(lo, 0.0) + 1e-6)
+    s = (hi - lo) / 255
+    zero = np.clip(np.round(-lo / s), 0, 255)
+    lo = -zero * s
+    return np.round((np.clip(values, lo, lo + 255 * s) - lo) / s) * s + lo
+
+
 def test_wrapper_matches_numpy_fold_then_quantize():
     """Inference output of a folded Conv+BN+ReLU equals a NumPy twin: fold with the
     moving statistics, symmetric per-channel int8 weights, the bias rounded to int32
@@ -200,10 +209,7 @@ def test_wrapper_matches_numpy_fold_then_quantize():
         for j in range(3):
             y[:, i, j] = np.einsum("nhwc,hwco->no", xq[:, i:i + 3, j:j + 3], wq)
     y = np.maximum(y + b, 0)
-    s = (7.3 - -0.5) / 255
-    zero = np.round(0.5 / s)  # nudged zero point
-    lo, hi = -zero * s, (255 - zero) * s
-    expected = np.round((np.clip(y, lo, hi) - lo) / s) * s + lo
+    expected = _fake_quant_np(y, -0.5, 7.3)
     got = qat.predict(x, verbose=0)
     np.testing.assert_allclose(got, expected, atol=1e-5)
 
@@ -226,15 +232,6 @@ def test_batchnorm_folding_equals_conv_then_bn_in_float():
         x = rng.normal(size=(4,) + shape).astype("float32")
         folded = np.asarray(wrapper._op(x, kernel)) + bias
         np.testing.assert_allclose(folded, model.predict(x, verbose=0), rtol=1e-5, atol=1e-5)
-
-
-def _fake_quant_np(values, lo, hi):
-    """NumPy twin of TF's 8-bit FakeQuant: zero nudged onto the grid, then clip and round."""
-    lo, hi = min(lo, 0.0), max(hi, min(lo, 0.0) + 1e-6)
-    s = (hi - lo) / 255
-    zero = np.clip(np.round(-lo / s), 0, 255)
-    lo = -zero * s
-    return np.round((np.clip(values, lo, lo + 255 * s) - lo) / s) * s + lo
 
 
 def test_standalone_batchnorm_is_add_then_mul(tmp_path):
@@ -463,9 +460,7 @@ def test_inference_bias_is_the_files_int32_bias():
     wrapper.output_quantizer.range_max.assign(0.2)
 
     def out_grid(y):  # FakeQuant on (-0.2, 0.2): the zero point nudges to 127.5 -> 128
-        s = 0.4 / 255
-        lo = -np.round(0.2 / s) * s
-        return np.round((np.clip(y, lo, lo + 255 * s) - lo) / s) * s + lo
+        return _fake_quant_np(y, -0.2, 0.2)
 
     x = rng.uniform(-0.3, 0.3, size=(8, 4)).astype("float32")  # all quantize to 0
     expected = out_grid(np.round(bias / step) * step) * np.ones((8, 1))

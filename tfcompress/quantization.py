@@ -128,6 +128,23 @@ def _check_range(name, value):
     return (lo, hi)
 
 
+def _gamma_beta(bn):
+    """A BatchNormalization's (gamma, beta), ones / zeros where it has none."""
+    gamma = bn.gamma if bn.scale else ops.ones_like(bn.moving_mean)
+    beta = bn.beta if bn.center else ops.zeros_like(bn.moving_mean)
+    return gamma, beta
+
+
+def _batch_statistics(bn, values):
+    """(mean, variance) of `values` over all axes but the last, also moved into
+    `bn`'s moving statistics with its momentum, as BatchNormalization trains."""
+    mean, var = ops.moments(values, axes=list(range(len(values.shape) - 1)))
+    m = bn.momentum
+    bn.moving_mean.assign(m * bn.moving_mean + (1.0 - m) * mean)
+    bn.moving_variance.assign(m * bn.moving_variance + (1.0 - m) * var)
+    return mean, var
+
+
 @keras.saving.register_keras_serializable(package="tfcompress")
 class ActivationQuantizer(layers.Layer):
     """Asymmetric int8 fake quantization with a moving-average range.
@@ -392,12 +409,6 @@ class QuantizeWrapper(layers.Layer):
         ref = self._input_quantizer_ref
         return None if ref is None else ref()
 
-    def _gamma_beta(self):
-        bn = self.batchnorm
-        gamma = bn.gamma if bn.scale else ops.ones_like(bn.moving_mean)
-        beta = bn.beta if bn.center else ops.zeros_like(bn.moving_mean)
-        return gamma, beta
-
     def folded_weights(self):
         """(kernel, bias) with the BatchNorm folded in, moving statistics, unquantized.
 
@@ -411,7 +422,7 @@ class QuantizeWrapper(layers.Layer):
         bias = layer.bias if layer.use_bias else ops.zeros((self.output_channels,))
         if bn is None:
             return kernel, bias
-        gamma, beta = self._gamma_beta()
+        gamma, beta = _gamma_beta(bn)
         scale = gamma / ops.sqrt(bn.moving_variance + bn.epsilon)
         return kernel * self._per_output(scale), beta + (bias - bn.moving_mean) * scale
 
@@ -439,15 +450,10 @@ class QuantizeWrapper(layers.Layer):
         else:
             kernel = self._kernel()
             bias = layer.bias if layer.use_bias else 0.0
-            gamma, beta = self._gamma_beta()
+            gamma, beta = _gamma_beta(bn)
             sigma = ops.sqrt(bn.moving_variance + bn.epsilon)
             # Batch statistics from a float pass; BN's moving statistics update.
-            raw = self._op(inputs, kernel) + bias
-            axes = list(range(len(raw.shape) - 1))
-            mean_b, var_b = ops.moments(raw, axes=axes)
-            m = bn.momentum
-            bn.moving_mean.assign(m * bn.moving_mean + (1.0 - m) * mean_b)
-            bn.moving_variance.assign(m * bn.moving_variance + (1.0 - m) * var_b)
+            mean_b, var_b = _batch_statistics(bn, self._op(inputs, kernel) + bias)
             sigma_b = ops.sqrt(var_b + bn.epsilon)
             # No stop_gradient: sigma_B carries BN's gradient (module docstring).
             outputs = outputs * (ops.stop_gradient(sigma) / sigma_b)
@@ -683,14 +689,10 @@ class QuantizeBatchNorm(layers.Layer):
         del mask  # quantize_model passes none through: Keras' functional API adds it
         bn = self.layer
         if training:
-            mean, var = ops.moments(inputs, axes=list(range(len(inputs.shape) - 1)))
-            m = bn.momentum
-            bn.moving_mean.assign(m * bn.moving_mean + (1.0 - m) * mean)
-            bn.moving_variance.assign(m * bn.moving_variance + (1.0 - m) * var)
+            mean, var = _batch_statistics(bn, inputs)
         else:
             mean, var = bn.moving_mean, bn.moving_variance
-        gamma = bn.gamma if bn.scale else ops.ones_like(bn.moving_mean)
-        beta = bn.beta if bn.center else ops.zeros_like(bn.moving_mean)
+        gamma, beta = _gamma_beta(bn)
         scale = gamma / ops.sqrt(var + bn.epsilon)
         scale = ops.where(ops.abs(scale) < 1e-6, 1e-6, scale)
         shift = beta / scale - mean
