@@ -28,8 +28,8 @@ Supported layers: Conv2D, DepthwiseConv2D, Dense (activation linear, relu,
 relu6, softmax or sigmoid), BatchNormalization (folded, or `QuantizeBatchNorm`
 where there is nothing to fold into), Add, Subtract, Multiply, Average,
 Concatenate, GlobalAveragePooling, AveragePooling, Rescaling, standalone ReLU /
-Activation / Softmax, the scale-preserving MaxPooling, Flatten, Reshape, Dropout, ZeroPadding, Cropping,
-Permute, and every tfcompress layer: GhostConv, GhostBottleneck and ShiftConv
+Activation / Softmax, the scale-preserving MaxPooling, Flatten, Reshape,
+Dropout, ZeroPadding, Cropping, Permute, and every tfcompress layer: GhostConv, GhostBottleneck and ShiftConv
 (lowered first, see `tfcompress.lowering`), Shift, BinaryConv/BinaryDense (Sign
 + a conv on +/-1 inputs) and AdderConv/AdderDense (`QuantizeAdderWrapper`).
 Functional and Sequential models only; subclassed models cannot be cloned by
@@ -133,6 +133,16 @@ def _gamma_beta(bn):
     gamma = bn.gamma if bn.scale else ops.ones_like(bn.moving_mean)
     beta = bn.beta if bn.center else ops.zeros_like(bn.moving_mean)
     return gamma, beta
+
+
+def _fused_relu(outputs, activation):
+    """ReLU / ReLU6 for activation "relu" / "relu6" (TFLite fuses them into the
+    op before); "linear" passes the values through."""
+    if activation == "relu":
+        return ops.relu(outputs)
+    if activation == "relu6":
+        return ops.relu6(outputs)
+    return outputs
 
 
 def _batch_statistics(bn, values):
@@ -459,14 +469,12 @@ class QuantizeWrapper(layers.Layer):
             outputs = outputs * (ops.stop_gradient(sigma) / sigma_b)
             outputs = outputs + beta + (bias - mean_b) * gamma / sigma_b
         act = self.activation
-        if act == "relu":
-            outputs = ops.relu(outputs)
-        elif act == "relu6":
-            outputs = ops.relu6(outputs)
-        elif act in _FIXED_RANGE_ACTIVATIONS:
+        if act in _FIXED_RANGE_ACTIVATIONS:
             outputs = self.logits_quantizer(outputs, training=training)
             # keras.activations keep the logits on the output for the loss.
             outputs = getattr(keras.activations, act)(outputs)
+        else:
+            outputs = _fused_relu(outputs, act)
         if not self.quantize_output:
             return outputs
         return self.output_quantizer(outputs, training=training)
@@ -697,11 +705,7 @@ class QuantizeBatchNorm(layers.Layer):
         scale = ops.where(ops.abs(scale) < 1e-6, 1e-6, scale)
         shift = beta / scale - mean
         outputs = self.sum_quantizer(inputs + _fake_quant_constant(shift), training=training)
-        outputs = outputs * _fake_quant_constant(scale)
-        if self.activation == "relu":
-            outputs = ops.relu(outputs)
-        elif self.activation == "relu6":
-            outputs = ops.relu6(outputs)
+        outputs = _fused_relu(outputs * _fake_quant_constant(scale), self.activation)
         if not self.quantize_output:
             return outputs
         return self.output_quantizer(outputs, training=training)
