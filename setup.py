@@ -8,7 +8,7 @@ with open("README.md", encoding="utf-8") as readme:
 
 setup(
     name="tfcompress",
-    version="0.1.0",
+    version="0.2.0",
     description=(
         "Make Keras 3 models small and fast for phones and microcontrollers, "
         "and prove the exported TFLite file computes what Keras computed."

@@ -26,3 +26,9 @@ def rng():
     """A NumPy generator with a fixed seed; the global generators seeded too."""
     seed_everything(0)
     return np.random.default_rng(0)
+
+
+def pytest_configure(config):
+    config.addinivalue_line(
+        "markers", "slow: a long test (exports, training runs); `pytest -m 'not slow'` skips it"
+    )

@@ -19,7 +19,6 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tfcompress import coding
 from tfcompress.coding import (
     ChecksumError,
     ContainerError,
@@ -28,6 +27,7 @@ from tfcompress.coding import (
     TruncatedContainerError,
     UnsupportedVersionError,
     compression_report,
+    container,
     container_info,
     decode_sparse,
     encode_sparse,
@@ -642,7 +642,7 @@ def test_failed_save_leaves_nothing_behind(dense_model, tmp_path, monkeypatch):
     assert target.read_bytes() == b"previous version"
 
     calls = []
-    original = coding._section
+    original = container._section
 
     def fail_in_the_middle(name, payload):
         calls.append(name)
@@ -651,7 +651,7 @@ def test_failed_save_leaves_nothing_behind(dense_model, tmp_path, monkeypatch):
         return original(name, payload)
 
     with monkeypatch.context() as patch:
-        patch.setattr(coding, "_section", fail_in_the_middle)
+        patch.setattr(container, "_section", fail_in_the_middle)
         with pytest.raises(RuntimeError, match="encoder failed"):
             save_compressed(dense_model, str(target))
     assert target.read_bytes() == b"previous version"

@@ -5,43 +5,52 @@ Public API:
                AdderConv, AdderDense, BinaryConv, BinaryDense)
     models     reference models (lenet_300_100, lenet5, small_cnn, ghostnet, resnet20)
     datasets   load("digits" | "mnist" | "fashion_mnist", data_dir=None), random_shift
-    export     to_tflite (int8 / dynamic / float16 / float32), run_tflite, verify
-    quantization  quantize_model (QAT, BatchNorm folding), quantize_annotate_layer
-    lowering   lower_model: composite layers as the standard layers they are made of
-    profile    per-layer parameters, multiply-adds, additions, binary ops, bits
     pruning    prune_low_magnitude, ConstantSparsity, PolynomialDecay, strip_pruning
     clustering cluster_weights (k-means weight sharing), strip_clustering
+    quantization  quantize_model (QAT, BatchNorm folding), quantize_annotate_layer
+    lowering   lower_model: composite layers as the standard layers they are made of
     coding     Huffman + sparse coding, save_compressed / load_compressed container
-    deep_compression  the prune -> cluster -> code pipeline (Han et al. 2016)
+    export     to_tflite (int8 / dynamic / float16 / float32), run_tflite, verify
+    analysis   profile: per-layer parameters, multiply-adds, additions, bits
+    pipelines  deep_compression: the prune -> cluster -> code pipeline (Han et al. 2016)
+    core       the model graph, layer traits and rebuild helper every technique uses
+
+`tfcompress.profiling` and `tfcompress.deep_compression` keep their import paths.
 """
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 from tfcompress import (
+    analysis,
     clustering,
     coding,
+    core,
     datasets,
     deep_compression,
     export,
     layers,
     lowering,
     models,
+    pipelines,
     profiling,
     pruning,
     quantization,
 )
+from tfcompress.analysis import count_layer, format_profile, profile, register_counter
 from tfcompress.clustering import cluster_weights, strip_clustering
 from tfcompress.coding import compression_report, load_compressed, save_compressed
-from tfcompress.profiling import count_layer, format_profile, profile, register_counter
+from tfcompress.export import to_tflite, verify
 from tfcompress.pruning import prune_low_magnitude, strip_pruning
 from tfcompress.quantization import quantize_annotate_layer, quantize_model
 
 __all__ = [
     "__version__",
+    "analysis",
     "cluster_weights",
     "clustering",
     "coding",
     "compression_report",
+    "core",
     "count_layer",
     "datasets",
     "deep_compression",
@@ -51,6 +60,7 @@ __all__ = [
     "load_compressed",
     "lowering",
     "models",
+    "pipelines",
     "profile",
     "profiling",
     "prune_low_magnitude",
@@ -62,4 +72,6 @@ __all__ = [
     "save_compressed",
     "strip_clustering",
     "strip_pruning",
+    "to_tflite",
+    "verify",
 ]

@@ -19,6 +19,8 @@ import zipfile
 
 import numpy as np
 
+__all__ = ["ENV_VAR", "available", "info", "load", "random_shift"]
+
 ENV_VAR = "TFCOMPRESS_DATA_DIR"
 _KEYS = ("x_train", "y_train", "x_test", "y_test")
 _PACKAGED = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data")

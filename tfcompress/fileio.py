@@ -2,6 +2,8 @@
 
 import os
 
+__all__ = ["write_atomic"]
+
 
 def write_atomic(path, data):
     """Writes bytes or text to `path` through a temporary file renamed into place.

@@ -18,6 +18,10 @@ every layer of it maps onto TFLite builtins:
 import keras
 from keras import layers, ops
 
+from tfcompress.core.args import check_positive_int
+from tfcompress.core.graph import ModelGraph, check_model
+from tfcompress.core.rewrite import rebuild
+from tfcompress.core.traits import layer_traits, register_layer_traits
 from tfcompress.layers import (
     BinaryConv,
     BinaryDense,
@@ -26,7 +30,8 @@ from tfcompress.layers import (
     ShiftConv,
     Sign,
 )
-from tfcompress.layers._utils import check_positive_int
+
+__all__ = ["ChannelSlice", "ShiftedReLU6", "lower_model"]
 
 
 @keras.saving.register_keras_serializable(package="tfcompress")
@@ -67,6 +72,11 @@ class ShiftedReLU6(layers.Layer):
         return ops.relu6(inputs + 3.0)
 
 
+# A slice keeps input elements (one int8 scale); relu6(x + 3) acts per element.
+register_layer_traits(ChannelSlice, kind="other", value_preserving=True)
+register_layer_traits(ShiftedReLU6, kind="pass_through")
+
+
 def _copy(sublayer, prefix):
     """A new layer with `sublayer`'s config under a unique name; weights come later."""
     config = sublayer.get_config()
@@ -82,7 +92,6 @@ def _apply(sublayer, prefix, x):
 
 
 def _lower_ghost(layer, x, prefix):
-    prefix = f"{prefix}_{layer.name}" if prefix else layer.name
     x = _apply(layer.primary_conv, prefix, x)
     x = _apply(layer.primary_bn, prefix, x)
     if layer.relu:
@@ -99,9 +108,8 @@ def _lower_ghost(layer, x, prefix):
     return out
 
 
-def _lower_bottleneck(layer, inputs):
-    prefix = layer.name
-    x = _lower_ghost(layer.ghost1, inputs, prefix)
+def _lower_bottleneck(layer, inputs, prefix):
+    x = _lower_ghost(layer.ghost1, inputs, f"{prefix}_{layer.ghost1.name}")
     if layer.dw_conv is not None:
         x = _apply(layer.dw_bn, prefix, _apply(layer.dw_conv, prefix, x))
     if layer.se_reduce is not None:
@@ -112,7 +120,7 @@ def _lower_bottleneck(layer, inputs):
         gate = ShiftedReLU6(name=f"{prefix}_se_relu6")(gate)
         gate = layers.Rescaling(1.0 / 6.0, name=f"{prefix}_se_gate")(gate)
         x = layers.Multiply(name=f"{prefix}_se_scale")([x, gate])
-    x = _lower_ghost(layer.ghost2, x, prefix)
+    x = _lower_ghost(layer.ghost2, x, f"{prefix}_{layer.ghost2.name}")
     if layer.shortcut_conv is None:
         shortcut = inputs
     else:
@@ -123,72 +131,78 @@ def _lower_bottleneck(layer, inputs):
     return layers.Add(name=f"{prefix}_add")([x, shortcut])
 
 
-def _lower_shift_conv(layer, x):
-    x = _apply(layer.shift, layer.name, x)
-    return _apply(layer.pointwise, layer.name, x)
+def _lower_shift_conv(layer, x, prefix):
+    x = _apply(layer.shift, prefix, x)
+    return _apply(layer.pointwise, prefix, x)
 
 
-def _lower_binary(layer, x):
+def _lower_binary(layer, x, prefix):
     """BinaryConv/BinaryDense(binarize_input=True) -> Sign + the layer on +/-1 inputs."""
     if not layer.binarize_input:
         return None  # already what the lowered form uses
-    x = Sign(layer.ste, name=f"{layer.name}_sign")(x)
+    x = Sign(layer.ste, name=f"{prefix}_sign")(x)
     config = layer.get_config()
-    config.update(binarize_input=False)
+    config.update(binarize_input=False, name=prefix)
     new = layer.__class__.from_config(config)
     out = new(x)
     new.set_weights(layer.get_weights())
     return out
 
 
-_LOWERINGS = {
-    BinaryConv: _lower_binary,
-    BinaryDense: _lower_binary,
-    GhostConv: lambda layer, x: _lower_ghost(layer, x, ""),
-    GhostBottleneck: _lower_bottleneck,
-    ShiftConv: _lower_shift_conv,
-}
+register_layer_traits(BinaryConv, lowering=_lower_binary)
+register_layer_traits(BinaryDense, lowering=_lower_binary)
+register_layer_traits(GhostConv, lowering=_lower_ghost)
+register_layer_traits(GhostBottleneck, lowering=_lower_bottleneck)
+register_layer_traits(ShiftConv, lowering=_lower_shift_conv)
 
 
 def lower_model(model):
     """Returns a copy of `model` with composite tfcompress layers expanded.
 
+    Every layer whose traits carry a `lowering` (GhostConv, GhostBottleneck,
+    ShiftConv, BinaryConv/BinaryDense with binarized inputs; a custom layer joins
+    with `register_layer_traits(cls, lowering=fn)`, `fn(layer, inputs, name)`
+    returning the outputs, or None to keep the layer) is replaced by the layers it
+    is made of, named `<layer>_<sublayer>`. Nested models come out flattened.
+
     Args:
-        model: a built functional or Sequential model.
+        model: a built functional or Sequential model (nested models and shared
+            layers included).
 
     Returns:
         A functional `keras.Model` computing the same function with the same
         weights, built only from standard Keras layers, `Shift`, `ChannelSlice`
-        and `ShiftedReLU6` (plus any layer it did not need to touch).
+        and `ShiftedReLU6` (plus any layer it did not need to touch), with the
+        model's input and output structure.
 
     Raises:
-        ValueError: for a subclassed model (Keras cannot clone it).
+        ValueError: for a subclassed or unbuilt model.
 
     Example:
         >>> flat = lower_model(models.resnet20(conv="ghost"))
         >>> any(isinstance(l, GhostConv) for l in flat.layers)
         False
     """
-    if isinstance(model, keras.Sequential) and model.inputs:
-        model = keras.Model(model.inputs, model.outputs, name=model.name)
-    if not hasattr(model, "_run_through_graph"):
-        raise ValueError(
-            f"lower_model needs a functional or Sequential model; {model.name!r} is a "
-            f"subclassed {type(model).__name__}."
-        )
-    originals = {layer.name: layer for layer in model.layers}
+    check_model(model, "lower_model")
+    graph = ModelGraph(model)
+    blocks = {}  # id(composite layer called several times) -> its lowered block model
 
-    def clone(layer):
-        return layer.__class__.from_config(layer.get_config())
+    def node_fn(node, args, kwargs, state):
+        lowering = layer_traits(node.layer).lowering
+        if lowering is None or len(node.inputs) != 1:
+            return None
+        if len(graph.nodes_of(node.layer)) == 1:
+            return lowering(node.layer, args[0], node.name)
+        # A shared composite layer: its layers once, as a block called at every call
+        # (flattened below, so the calls share the lowered layers).
+        key = id(node.layer)
+        if key not in blocks:
+            block_input = keras.Input(batch_shape=node.inputs[0].shape)
+            out = lowering(node.layer, block_input, node.name)
+            blocks[key] = None if out is None else keras.Model(
+                block_input, out, name=f"{node.name}_lowered"
+            )
+        return None if blocks[key] is None else blocks[key](args[0])
 
-    def call(new_layer, *args, **kwargs):
-        original = originals[new_layer.name]
-        lowering = _LOWERINGS.get(type(original))
-        out = None if lowering is None else lowering(original, args[0])
-        if out is not None:
-            return out
-        out = new_layer(*args, **kwargs)
-        new_layer.set_weights(original.get_weights())
-        return out
-
-    return keras.models.clone_model(model, clone_function=clone, call_function=call)
+    lowered = rebuild(graph, node_fn=node_fn, keep_sequential=False)
+    return rebuild(lowered, keep_sequential=False) if any(blocks.values()) else lowered

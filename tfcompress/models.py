@@ -34,6 +34,7 @@ import numbers
 import keras
 from keras import layers
 
+from tfcompress.core.args import check_positive_int
 from tfcompress.layers import (
     AdderConv,
     BinaryConv,
@@ -42,7 +43,17 @@ from tfcompress.layers import (
     ShiftConv,
     make_divisible,
 )
-from tfcompress.layers._utils import check_positive_int
+
+__all__ = [
+    "BN_MOMENTUM",
+    "CONVS",
+    "GHOSTNET_CONFIG",
+    "ghostnet",
+    "lenet5",
+    "lenet_300_100",
+    "resnet20",
+    "small_cnn",
+]
 
 CONVS = ("conv", "ghost", "shift", "adder", "binary")
 LENET5_PADDINGS = ("auto", "valid", "same")

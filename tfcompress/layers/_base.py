@@ -3,12 +3,10 @@
 import keras
 from keras import layers
 
-from tfcompress.layers._utils import (
-    check_padding,
-    check_positive_int,
-    normalize_tuple,
-    output_length,
-)
+from tfcompress.core.args import check_padding, check_positive_int, normalize_tuple
+from tfcompress.layers._utils import output_length
+
+__all__ = ["Conv2DGeometry", "DenseGeometry", "KernelLayer"]
 
 
 class KernelLayer(layers.Layer):

@@ -1,60 +1,9 @@
-"""Argument validation and convolution geometry shared by the tfcompress layers."""
+"""Convolution geometry shared by the tfcompress layers (argument checks live in
+`tfcompress.core.args`)."""
 
 import math
-import numbers
 
-PADDINGS = ("same", "valid")
-
-
-def check_positive_int(name, value):
-    """Returns `value` as an int if it is a positive integer, else raises ValueError."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
-        raise ValueError(
-            f"`{name}` must be a positive integer. Received: {name}={value!r}"
-        )
-    return int(value)
-
-
-def check_choice(name, value, allowed):
-    """Returns `value` if it is one of `allowed`, else raises ValueError naming both."""
-    if value not in allowed:
-        raise ValueError(
-            f"`{name}` must be one of {', '.join(repr(a) for a in allowed)}. "
-            f"Received: {name}={value!r}"
-        )
-    return value
-
-
-def normalize_tuple(name, value, n=2):
-    """Turns an int or an n-sequence of ints into an n-tuple of positive ints."""
-    if isinstance(value, int) and not isinstance(value, bool):
-        values = (value,) * n
-    else:
-        try:
-            values = tuple(value)
-        except TypeError:
-            values = None
-        if values is None or len(values) != n:
-            raise ValueError(
-                f"`{name}` must be a positive integer or a tuple of {n} positive "
-                f"integers. Received: {name}={value!r}"
-            )
-    for v in values:
-        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-            raise ValueError(
-                f"`{name}` must be a positive integer or a tuple of {n} positive "
-                f"integers. Received: {name}={value!r}"
-            )
-    return values
-
-
-def check_padding(padding):
-    """Lower-cases and validates a Conv2D-style padding string."""
-    if not isinstance(padding, str) or padding.lower() not in PADDINGS:
-        raise ValueError(
-            f"`padding` must be 'same' or 'valid'. Received: padding={padding!r}"
-        )
-    return padding.lower()
+__all__ = ["clone_initializer", "output_length", "same_pads"]
 
 
 def output_length(size, kernel, stride, padding):

@@ -11,8 +11,18 @@ import threading
 import keras
 from keras import ops
 
+from tfcompress.core.traits import register_layer_traits
 from tfcompress.layers._base import Conv2DGeometry, DenseGeometry, KernelLayer
 from tfcompress.layers._utils import output_length, same_pads
+
+__all__ = [
+    "AdderConv",
+    "AdderDense",
+    "adaptive_gradient_scale",
+    "adder_distance",
+    "magnitude",
+    "tflite_graph",
+]
 
 # Largest number of elements of the (rows, C_in, C_out_chunk) difference tensor
 # built per sample and kernel position; bounds memory whatever the batch size.
@@ -262,7 +272,20 @@ class AdderConv(Conv2DGeometry, _AdderBase):
     def build(self, input_shape):
         self.add_kernel_and_bias(self.check_input_shape(input_shape, need_spatial=True))
 
-    def call(self, inputs):
+    def kernel_patches(self, inputs):
+        """What each kernel position sees: `[((i, j), patch), ...]` in row-major order.
+
+        `patch[n, h, w, c] = X_pad[n, h*s_h + i, w*s_w + j, c]` for every output pixel
+        (h, w), X_pad zero-padded as TensorFlow pads "same"; the layer's output is
+        `sum_{i,j} -sum_c |patch_ij[..., c] - W[i, j, c, :]|`. The int8 QAT wrapper
+        computes the same sum step by step.
+
+        Args:
+            inputs: a (N, H, W, C_in) tensor.
+
+        Returns:
+            A list of `kh * kw` pairs; each patch has shape (N, H_out, W_out, C_in).
+        """
         kh, kw = self.kernel_size
         sh, sw = self.strides
         height, width = inputs.shape[1], inputs.shape[2]
@@ -271,18 +294,18 @@ class AdderConv(Conv2DGeometry, _AdderBase):
             inputs = ops.pad(inputs, [[0, 0], list(pad_h), list(pad_w), [0, 0]])
         out_h = output_length(height, kh, sh, self.padding)
         out_w = output_length(width, kw, sw, self.padding)
+        return [
+            ((i, j), inputs[:, i : i + sh * (out_h - 1) + 1 : sh, j : j + sw * (out_w - 1) + 1 : sw, :])
+            for i in range(kh) for j in range(kw)
+        ]
+
+    def call(self, inputs):
         kernel = self._kernel_for_call()
         outputs = None
-        for i in range(kh):
-            for j in range(kw):
-                patch = inputs[
-                    :,
-                    i : i + sh * (out_h - 1) + 1 : sh,
-                    j : j + sw * (out_w - 1) + 1 : sw,
-                    :,
-                ]
-                part = adder_distance(patch, kernel[i, j], rows_per_sample=out_h * out_w)
-                outputs = part if outputs is None else outputs + part
+        for (i, j), patch in self.kernel_patches(inputs):
+            rows = patch.shape[1] * patch.shape[2]
+            part = adder_distance(patch, kernel[i, j], rows_per_sample=rows)
+            outputs = part if outputs is None else outputs + part
         return self.add_bias(outputs)
 
 
@@ -338,3 +361,10 @@ class AdderDense(DenseGeometry, _AdderBase):
 
     def call(self, inputs):
         return self.add_bias(adder_distance(inputs, self._kernel_for_call()))
+
+
+# -sum |x - w| makes new channels from a kernel (C_in, C_out) like a convolution.
+for _cls in (AdderConv, AdderDense):
+    register_layer_traits(_cls, kind="weighted", kernels=("kernel",), kernel_axes=((-2, -1),),
+                          bias="bias")
+del _cls

@@ -10,8 +10,21 @@ References:
 import keras
 from keras import layers, ops
 
+from tfcompress.core.args import check_choice
+from tfcompress.core.traits import register_layer_traits
 from tfcompress.layers._base import Conv2DGeometry, DenseGeometry, KernelLayer
-from tfcompress.layers._utils import check_choice
+
+__all__ = [
+    "SCALE_CHOICES",
+    "STE_CHOICES",
+    "BinaryConv",
+    "BinaryDense",
+    "Sign",
+    "WeightClip",
+    "approx_sign",
+    "sign",
+    "ste_sign",
+]
 
 STE_CHOICES = ("ste_sign", "approx_sign")
 SCALE_CHOICES = ("channel", "none")
@@ -318,3 +331,11 @@ class BinaryDense(DenseGeometry, _BinaryBase):
     def call(self, inputs):
         outputs = ops.matmul(self._binarize_inputs(inputs), self.binary_kernel())
         return self.add_bias(outputs)
+
+
+# Binary kernels are weighted layers, but not prunable or clusterable: sign(0) = +1, so a
+# zeroed latent weight is still a +/-alpha weight, and two values need no codebook.
+register_layer_traits(Sign, kind="pass_through")
+for _cls in (BinaryConv, BinaryDense):
+    register_layer_traits(_cls, kind="weighted", bias="bias")
+del _cls

@@ -9,12 +9,15 @@ import math
 import keras
 from keras import layers, ops
 
-from tfcompress.layers._utils import (
-    check_padding,
-    check_positive_int,
-    clone_initializer,
-    normalize_tuple,
-)
+from tfcompress.core.args import check_padding, check_positive_int, normalize_tuple
+from tfcompress.core.traits import register_layer_traits
+from tfcompress.layers._utils import clone_initializer
+
+__all__ = [
+    "GhostBottleneck",
+    "GhostConv",
+    "make_divisible",
+]
 
 
 def make_divisible(value, divisor=4, min_value=None):
@@ -363,3 +366,8 @@ class GhostBottleneck(layers.Layer):
             bn_epsilon=self.bn_epsilon,
         )
         return config
+
+
+# Composite layers: lowering expands them into the standard layers they are made of.
+register_layer_traits(GhostConv, kind="other")
+register_layer_traits(GhostBottleneck, kind="other")

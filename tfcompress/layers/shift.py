@@ -8,7 +8,14 @@ CVPR 2018, arXiv:1711.08141.
 import keras
 from keras import layers, ops
 
-from tfcompress.layers._utils import check_positive_int, normalize_tuple
+from tfcompress.core.args import check_positive_int, normalize_tuple
+from tfcompress.core.traits import register_layer_traits
+
+__all__ = [
+    "Shift",
+    "ShiftConv",
+    "shift_offsets",
+]
 
 
 def shift_offsets(channels, kernel_size):
@@ -202,3 +209,8 @@ class ShiftConv(layers.Layer):
             bias_regularizer=keras.regularizers.serialize(self.bias_regularizer),
         )
         return config
+
+
+# Every output element of Shift is an input element or a zero of the padding.
+register_layer_traits(Shift, kind="pass_through", value_preserving=True)
+register_layer_traits(ShiftConv, kind="other")

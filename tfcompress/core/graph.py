@@ -1,0 +1,473 @@
+"""The graph of a Keras model: every call of every layer, with the tensors between them.
+
+`ModelGraph(model)` reads a built functional or Sequential Keras 3 model into one flat
+graph that every technique of tfcompress walks (lowering, quantization planning,
+profiling, the pruning and clustering drivers, coding), and that `rebuild` turns
+back into a model:
+
+- a `GraphNode` per call of a layer, in a topological order (Keras' own: by depth,
+  inputs first); a layer called twice (a shared layer) has two nodes;
+- a `GraphTensor` per tensor, with its producer node (None for a model input) and
+  its consumers;
+- nested functional and Sequential models are expanded into their layers, so the
+  graph has no model nodes: an inner model's inputs are the tensors the outer model
+  passed to it, its outputs are what the outer model received. A `training=` the
+  outer model passed to the inner one is kept on the inner nodes. A nested
+  subclassed model stays one opaque node (Keras has no graph of it);
+- every layer gets a flat name, unique in the graph: its own name, or, if another
+  layer of another nested model has that name too, the nested models' names and its
+  own joined with "_".
+
+This is the only module of tfcompress that reads private Keras attributes
+(`_keras_history`, `_inbound_nodes`, `_nodes_by_depth`, `_functional`,
+`_run_through_graph`): Keras 3 has no public API for a model's nodes. Everything
+else uses the graph.
+
+Example:
+    >>> graph = ModelGraph(model)
+    >>> [node.name for node in graph.nodes]
+    ['conv1', 'bn1', 'relu1', 'fc']
+    >>> graph.edges()
+    [('input', 'conv1'), ('conv1', 'bn1'), ('bn1', 'relu1'), ('relu1', 'fc')]
+"""
+
+import collections
+
+import keras
+
+__all__ = [
+    "GraphNode",
+    "GraphTensor",
+    "ModelGraph",
+    "all_layers",
+    "check_model",
+    "is_graph_model",
+    "layer_call_inputs",
+]
+
+
+def _functional_of(model):
+    """The functional graph of a functional or Sequential model, or None."""
+    if isinstance(model, keras.Sequential):
+        return getattr(model, "_functional", None)
+    if hasattr(model, "_run_through_graph") and hasattr(model, "_nodes_by_depth"):
+        return model
+    return None
+
+
+def is_graph_model(model):
+    """True for a built functional or Sequential model (one whose graph can be read).
+
+    Args:
+        model: anything.
+
+    Returns:
+        False for subclassed models, unbuilt Sequential models and non-models.
+    """
+    return isinstance(model, keras.Model) and _functional_of(model) is not None
+
+
+def check_model(model, what):
+    """Raises a ValueError unless `model` is a built functional or Sequential model.
+
+    Args:
+        model: the value received.
+        what: the caller's name, for the message (e.g. "prune_low_magnitude").
+
+    Raises:
+        ValueError: for a non-model, a subclassed model (Keras has no graph of it:
+            rebuild it with the functional API) or an unbuilt model.
+    """
+    if not isinstance(model, keras.Model):
+        raise ValueError(f"{what} needs a keras.Model. Received: {model!r}")  # noqa: TRY004
+    if not isinstance(model, keras.Sequential) and not hasattr(model, "_run_through_graph"):
+        raise ValueError(
+            f"{what} needs a functional or Sequential model; {model.name!r} is a subclassed "
+            f"{type(model).__name__}, which Keras cannot clone. Rebuild it with the "
+            "functional API."
+        )
+    if not model.built or _functional_of(model) is None:
+        raise ValueError(
+            f"{what} needs a built model; {model.name!r} is not built. Give it an input "
+            "shape (keras.Input) or call it on data first."
+        )
+
+
+def all_layers(model_or_layer, wrapped=True):
+    """`model_or_layer` and every layer inside it, depth first, each once.
+
+    Follows the layers of nested models and, with `wrapped`, the layer a wrapper
+    holds (`layer.layer`: pruning and clustering wrappers, QAT wrappers).
+
+    Args:
+        model_or_layer: a model or a layer.
+        wrapped: also yield the layers inside wrappers.
+
+    Yields:
+        Layers (the argument first).
+    """
+    seen, stack = set(), [model_or_layer]
+    while stack:
+        layer = stack.pop()
+        if id(layer) in seen:
+            continue
+        seen.add(id(layer))
+        yield layer
+        children = list(getattr(layer, "layers", None) or []) if isinstance(
+            layer, keras.Model
+        ) else []
+        inner = getattr(layer, "layer", None) if wrapped else None
+        if isinstance(inner, keras.layers.Layer):
+            children.append(inner)
+        stack.extend(reversed(children))
+
+
+def layer_call_inputs(tensor):
+    """The layer that produced a KerasTensor and the tensors it was called on.
+
+    Args:
+        tensor: a `keras.KerasTensor` of a functional graph.
+
+    Returns:
+        `(layer, input_tensors)` for the call that produced `tensor`, or None for a
+        model input (an InputLayer's tensor) or a tensor with no history.
+    """
+    history = getattr(tensor, "_keras_history", None)
+    if history is None:
+        return None
+    op = history.operation
+    if op is None or isinstance(op, keras.layers.InputLayer):
+        return None
+    node = op._inbound_nodes[history.node_index]
+    return op, list(node.input_tensors)
+
+
+class GraphTensor:
+    """One tensor of a `ModelGraph`.
+
+    Attributes:
+        index: position in `ModelGraph.tensors`.
+        shape: the static shape, with the batch axis (a tuple, None where unknown).
+        dtype: the dtype name.
+        name: the model input's name for an input, else the producer's flat name
+            (with ":i" for its i-th output when it has several).
+        producer: the `GraphNode` computing it, or None for a model input.
+        output_index: which output of the producer it is.
+        consumers: the nodes that take it, one entry per use (a node taking it
+            twice is listed twice).
+        keras_tensor: the KerasTensor it was read from.
+    """
+
+    def __init__(self, index, keras_tensor, producer, output_index, name):
+        self.index = index
+        self.keras_tensor = keras_tensor
+        self.shape = tuple(None if d is None else int(d) for d in keras_tensor.shape)
+        self.dtype = keras.backend.standardize_dtype(keras_tensor.dtype)
+        self.producer = producer
+        self.output_index = output_index
+        self.name = name
+        self.consumers = []
+
+    @property
+    def is_input(self):
+        return self.producer is None
+
+    def __repr__(self):
+        return f"<GraphTensor {self.name} shape={self.shape}>"
+
+
+class GraphNode:
+    """One call of a layer in a `ModelGraph`.
+
+    Attributes:
+        index: position in the topological order `ModelGraph.nodes`.
+        layer: the layer called.
+        name: the layer's flat name in the graph (unique per layer).
+        path: names of the nested models the call is inside (outermost first).
+        call_index: 0 for the layer's first call in the graph, 1 for its second...
+        args, kwargs: the call's arguments, with `GraphTensor`s where the call had
+            tensors (the structure of the original call).
+        inputs: the `GraphTensor`s of the call, flat.
+        outputs: the `GraphTensor`s it returns, flat.
+        training: the `training=` a nested model's call passed on, or None.
+    """
+
+    def __init__(self, index, layer, name, path, call_index, args, kwargs, inputs, training):
+        self.index = index
+        self.layer = layer
+        self.name = name
+        self.path = path
+        self.call_index = call_index
+        self.args = args
+        self.kwargs = kwargs
+        self.inputs = inputs
+        self.outputs = []
+        self.training = training
+
+    @property
+    def input(self):
+        """The only input tensor, or None when the call takes several."""
+        return self.inputs[0] if len(self.inputs) == 1 else None
+
+    @property
+    def output(self):
+        """The only output tensor, or None when the call returns several."""
+        return self.outputs[0] if len(self.outputs) == 1 else None
+
+    @property
+    def label(self):
+        """The flat name, with "[i]" for the i-th call when the layer is called again."""
+        calls = self._calls
+        return self.name if calls == 1 else f"{self.name}[{self.call_index}]"
+
+    def input_shapes(self):
+        """The input shape (a tuple) or, for several inputs, a list of shapes."""
+        shapes = [t.shape for t in self.inputs]
+        return shapes[0] if len(shapes) == 1 else shapes
+
+    def output_shapes(self):
+        """The output shape (a tuple) or, for several outputs, a list of shapes."""
+        shapes = [t.shape for t in self.outputs]
+        return shapes[0] if len(shapes) == 1 else shapes
+
+    def __repr__(self):
+        return f"<GraphNode {self.label} ({type(self.layer).__name__})>"
+
+
+def _map_structure(fn, structure):
+    return keras.tree.map_structure(
+        lambda v: fn(v) if isinstance(v, keras.KerasTensor) else v, structure
+    )
+
+
+class ModelGraph:
+    """The flat graph of a built functional or Sequential model (module docstring).
+
+    Args:
+        model: a built `keras.Model`, functional or Sequential, nested models and
+            shared layers included.
+
+    Attributes:
+        model: the model.
+        nodes: every call of a layer, topologically ordered (no InputLayer and no
+            model nodes: nested models are expanded).
+        tensors: every tensor, model inputs first.
+        inputs: the model's input tensors, flat (in `model.inputs` order).
+        input_layers: the InputLayer of each input, in the same order.
+        outputs: the model's output tensors, flat (in `model.outputs` order).
+        input_structure, output_structure: the model's input / output structure
+            (a tensor, a list or a dict, as `model.input` / `model.output`) with
+            `GraphTensor`s as leaves.
+
+    Raises:
+        ValueError: as `check_model` (not a built functional or Sequential model).
+
+    Example:
+        >>> graph = ModelGraph(model)
+        >>> conv = graph.nodes_of(model.get_layer("conv"))[0]
+        >>> [c.name for c in graph.consumers(conv.output)]
+        ['bn']
+    """
+
+    def __init__(self, model):
+        check_model(model, "ModelGraph")
+        self.model = model
+        self.nodes = []
+        self.tensors = []
+        self._names = {}  # id(layer) -> flat name
+        self._nodes_of = collections.defaultdict(list)  # id(layer) -> nodes
+        self._layers = []
+        fn = _functional_of(model)
+        tensor_map = {}
+        self.input_layers = [kt._keras_history.operation for kt in fn.inputs]
+        for kt, input_layer in zip(fn.inputs, self.input_layers):
+            tensor_map[id(kt)] = self._new_tensor(kt, None, 0, input_layer.name)
+        self.inputs = [tensor_map[id(kt)] for kt in fn.inputs]
+        self._claimed_names = set()
+        layers = []
+        self._collect_layers(fn, (), layers)
+        self._assign_names(layers)
+        self._expand(fn, tensor_map, (), None)
+        self.outputs = [tensor_map[id(kt)] for kt in fn.outputs]
+        self.input_structure = _map_structure(lambda kt: tensor_map[id(kt)], fn.input)
+        self.output_structure = _map_structure(lambda kt: tensor_map[id(kt)], fn.output)
+        for node in self.nodes:
+            node._calls = len(self._nodes_of[id(node.layer)])
+
+    # ----------------------------------------------------------------- construction
+
+    def _new_tensor(self, keras_tensor, producer, output_index, name):
+        tensor = GraphTensor(len(self.tensors), keras_tensor, producer, output_index, name)
+        self.tensors.append(tensor)
+        return tensor
+
+    @staticmethod
+    def _nodes_in_order(fn):
+        """The nodes of one functional graph, inputs first (Keras' depth order)."""
+        by_depth = fn._nodes_by_depth
+        for depth in sorted(by_depth, reverse=True):
+            for node in by_depth[depth]:
+                if not isinstance(node.operation, keras.layers.InputLayer):
+                    yield node
+
+    def _collect_layers(self, fn, path, out):
+        """(layer, path) of every layer the graph will hold, for naming."""
+        for node in self._nodes_in_order(fn):
+            op = node.operation
+            inner = _functional_of(op) if isinstance(op, keras.Model) else None
+            if inner is not None:
+                self._collect_layers(inner, path + (op.name,), out)
+            else:
+                out.append((op, path))
+
+    def _assign_names(self, layers):
+        seen = {}
+        for layer, path in layers:
+            if id(layer) not in seen:
+                seen[id(layer)] = (layer, path)
+        counts = collections.Counter(layer.name for layer, _ in seen.values())
+        for layer, path in seen.values():
+            name = layer.name
+            if counts[name] > 1 and path:
+                name = "_".join(path + (layer.name,))
+            base, i = name, 1
+            while name in self._claimed_names:
+                name, i = f"{base}_{i}", i + 1
+            self._claimed_names.add(name)
+            self._names[id(layer)] = name
+
+    def _expand(self, fn, tensor_map, path, training):
+        for kn in self._nodes_in_order(fn):
+            op = kn.operation
+
+            def graph_tensor(kt, op=op):
+                if id(kt) not in tensor_map:
+                    raise ValueError(
+                        f"Cannot read the graph of {self.model.name!r}: layer {op.name!r} "
+                        "takes a tensor that is neither a model input nor the output of a "
+                        "layer of the model."
+                    )
+                return tensor_map[id(kt)]
+
+            args = _map_structure(graph_tensor, kn.arguments.args)
+            kwargs = _map_structure(graph_tensor, kn.arguments.kwargs)
+            inner = _functional_of(op) if isinstance(op, keras.Model) else None
+            if inner is not None:
+                call_inputs = kn.arguments.args[0] if kn.arguments.args else kn.arguments.kwargs.get("inputs")
+                flat = keras.tree.flatten(call_inputs)
+                if len(flat) != len(inner.inputs):
+                    raise ValueError(
+                        f"Cannot expand nested model {op.name!r}: it takes "
+                        f"{len(inner.inputs)} inputs and was called on {len(flat)}."
+                    )
+                inner_map = {id(i): graph_tensor(t) for i, t in zip(inner.inputs, flat)}
+                inner_training = kn.arguments.kwargs.get("training", training)
+                if inner_training is None:
+                    inner_training = training
+                self._expand(inner, inner_map, path + (op.name,), inner_training)
+                for outer_kt, inner_kt in zip(kn.outputs, inner.outputs):
+                    tensor_map[id(outer_kt)] = inner_map[id(inner_kt)]
+                continue
+            inputs = [graph_tensor(kt) for kt in kn.input_tensors]
+            calls = self._nodes_of[id(op)]
+            if not calls:
+                self._layers.append(op)
+            node = GraphNode(
+                len(self.nodes), op, self._names[id(op)], path, len(calls), args, kwargs,
+                inputs, training,
+            )
+            calls.append(node)
+            self.nodes.append(node)
+            for tensor in inputs:
+                tensor.consumers.append(node)
+            outputs = list(kn.outputs)
+            for i, kt in enumerate(outputs):
+                name = node.name if len(outputs) == 1 else f"{node.name}:{i}"
+                tensor = self._new_tensor(kt, node, i, name)
+                node.outputs.append(tensor)
+                tensor_map[id(kt)] = tensor
+
+    # ----------------------------------------------------------------- queries
+
+    @property
+    def layers(self):
+        """Every layer called in the graph, once each, in the order of first call."""
+        return list(self._layers)
+
+    def nodes_of(self, layer):
+        """The calls of `layer` in the graph (empty if it is not called)."""
+        return list(self._nodes_of.get(id(layer), ()))
+
+    def name_of(self, layer):
+        """The flat name of a layer of the graph (see the module docstring)."""
+        if id(layer) not in self._names:
+            raise ValueError(f"Layer {layer.name!r} is not a layer of {self.model.name!r}.")
+        return self._names[id(layer)]
+
+    def layer_named(self, name):
+        """The layer (or InputLayer) with flat name `name`, or None."""
+        for layer in self.input_layers:
+            if layer.name == name:
+                return layer
+        for layer in self._layers:
+            if self._names[id(layer)] == name:
+                return layer
+        return None
+
+    def consumers(self, tensor):
+        """The nodes taking `tensor`, one entry per use."""
+        return list(tensor.consumers)
+
+    def producer(self, tensor):
+        """The node computing `tensor`, or None for a model input."""
+        return tensor.producer
+
+    def is_output(self, tensor):
+        """True if `tensor` is one of the model's outputs."""
+        return any(tensor is t for t in self.outputs)
+
+    def sole_consumer(self, node):
+        """The only node taking `node`'s only output, or None.
+
+        None also when the output is a model output (something outside the model
+        uses it too) or when the node has several outputs.
+        """
+        out = node.output
+        if out is None or self.is_output(out) or len(out.consumers) != 1:
+            return None
+        return out.consumers[0]
+
+    def is_chain(self):
+        """True if the graph is a plain chain: one input, one output, every layer
+        called once on the previous one's only output (what a Sequential holds)."""
+        if len(self.inputs) != 1 or len(self.outputs) != 1:
+            return False
+        previous = self.inputs[0]
+        for node in self.nodes:
+            if node._calls != 1 or len(node.inputs) != 1 or node.inputs[0] is not previous:
+                return False
+            if len(node.outputs) != 1 or len(previous.consumers) != 1:
+                return False
+            previous = node.outputs[0]
+        return previous is self.outputs[0]
+
+    def edges(self):
+        """Every edge, as (producer, consumer) labels in node order.
+
+        A model input is labelled by its name, a node by `GraphNode.label` (the flat
+        name, with "[i]" for the i-th call of a layer called more than once). An edge
+        appears once per use.
+        """
+        out = []
+        for node in self.nodes:
+            for tensor in node.inputs:
+                source = tensor.name if tensor.is_input else tensor.producer.label
+                out.append((source, node.label))
+        return out
+
+    def __repr__(self):
+        return (
+            f"<ModelGraph {self.model.name!r}: {len(self.nodes)} nodes, "
+            f"{len(self._layers)} layers, {len(self.inputs)} inputs, "
+            f"{len(self.outputs)} outputs>"
+        )

@@ -1,0 +1,28 @@
+"""Export Keras 3 models to TFLite and check the file against Keras.
+
+Modules: `convert` (to_tflite), `checks` (check_integer_only), `runners` (the
+runtime interface, LiteRT behind it, run_tflite), `verify` (file vs Keras).
+"""
+
+from tfcompress.export.checks import check_integer_only
+from tfcompress.export.convert import MODES, to_tflite
+from tfcompress.export.runners import (
+    LiteRTRunner,
+    Runner,
+    get_runner,
+    register_runner,
+    run_tflite,
+)
+from tfcompress.export.verify import verify
+
+__all__ = [
+    "MODES",
+    "LiteRTRunner",
+    "Runner",
+    "check_integer_only",
+    "get_runner",
+    "register_runner",
+    "run_tflite",
+    "to_tflite",
+    "verify",
+]

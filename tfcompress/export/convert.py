@@ -1,0 +1,217 @@
+"""Keras 3 model -> TFLite flatbuffer (int8 / dynamic / float16 / float32).
+
+Keras 3 models are exported through a SavedModel (`model.export`) and converted
+with `tf.lite.TFLiteConverter.from_saved_model`, the supported path for Keras 3
+(`TFLiteConverter.from_keras_model` expects Keras 2 internals). Every tfcompress
+layer is written with `keras.ops` that lower to TFLite builtin operators (Shift:
+PAD + STRIDED_SLICE + CONCATENATION; AdderConv: STRIDED_SLICE + SUB + LEAKY_RELU(-1) + SUM;
+BinaryConv: SELECT_V2 + CONV_2D), so no Flex or custom operator is needed. Models
+with several inputs and outputs convert too: the file's signature names the
+inputs as the Keras model does.
+"""
+
+import os
+import tempfile
+
+import numpy as np
+
+from tfcompress.core.graph import ModelGraph, all_layers, is_graph_model
+from tfcompress.export.checks import check_integer_only
+from tfcompress.layers.adder import tflite_graph
+from tfcompress.quantization import ActivationQuantizer
+
+__all__ = ["MODES", "to_tflite"]
+
+MODES = ("int8", "dynamic", "float16", "float32")
+_REPRESENTATIVE_EXAMPLES = 256
+
+
+def to_tflite(model, representative_data=None, *, int8_io=True, mode="int8"):
+    """Converts a built Keras 3 model to a TFLite flatbuffer.
+
+    Modes:
+        "int8": integer-only. From a QAT model (`quantization.quantize_model`) the
+            learned fake-quant ranges set every activation scale; from a float
+            model this is full-integer post-training quantization calibrated on
+            `representative_data` (required then). The result is checked: every
+            operator must be an integer builtin, with no DEQUANTIZE inside the
+            graph, or a ValueError names the offending operator and layer.
+        "dynamic": int8 weights, float activations (no data needed).
+        "float16": float16 weights.
+        "float32": no quantization.
+
+    Args:
+        model: a built `keras.Model` with a defined input shape (functional or
+            Sequential, several inputs and outputs included).
+        representative_data: model inputs for calibration, (N, ...) per input (at
+            most 256 examples are used): an array for a model with one input,
+            else a list in `model.inputs` order or a dict {input name: array}.
+            Required for "int8" from a float model; optional for a QAT model
+            (each input's range is then sampled).
+        int8_io: in "int8" mode, int8 input and output tensors (else float32 with
+            QUANTIZE/DEQUANTIZE at the boundary).
+        mode: one of "int8", "dynamic", "float16", "float32".
+
+    Returns:
+        The `.tflite` file contents as bytes.
+
+    Raises:
+        ValueError: for an unknown mode, a model without a defined input shape,
+            missing/empty/mis-shaped calibration data, or (int8) an operator that
+            is not integer-only.
+
+    Example:
+        >>> data = to_tflite(model, x_train[:200])          # int8 PTQ
+        >>> data = to_tflite(qat_model)                      # int8 from QAT
+        >>> data = to_tflite(model, mode="float32")
+    """
+    import tensorflow as tf
+
+    if mode not in MODES:
+        raise ValueError(
+            f"`mode` must be one of {', '.join(repr(m) for m in MODES)}. "
+            f"Received: mode={mode!r}"
+        )
+    check_exportable(model)
+    if mode == "int8":
+        examples = representative_inputs(model, representative_data)
+    with tempfile.TemporaryDirectory() as tmp:
+        saved = os.path.join(tmp, "saved_model")
+        with tflite_graph():  # AdderConv's |x - w| as LEAKY_RELU, which XNNPACK runs in int8
+            model.export(saved, format="tf_saved_model", verbose=False)
+        converter = tf.lite.TFLiteConverter.from_saved_model(saved)
+        if mode != "float32":
+            converter.optimizations = [tf.lite.Optimize.DEFAULT]
+        if mode == "float16":
+            converter.target_spec.supported_types = [tf.float16]
+        if mode == "int8":
+            names = [t.name for t in model.inputs]
+            count = len(examples[names[0]])
+            if len(names) == 1:
+                converter.representative_dataset = lambda: (
+                    [examples[names[0]][i][None]] for i in range(count)
+                )
+            else:  # keyed by the signature's input names, the Keras input names
+                converter.representative_dataset = lambda: (
+                    {n: examples[n][i][None] for n in names} for i in range(count)
+                )
+            converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+            if int8_io:
+                converter.inference_input_type = tf.int8
+                converter.inference_output_type = tf.int8
+        tflite = converter.convert()
+    if mode == "int8":
+        check_integer_only(tflite, model)
+    return tflite
+
+
+def check_exportable(model):
+    """Raises a ValueError unless `model` is built with defined inputs."""
+    inputs = getattr(model, "inputs", None)
+    if not model.built or not inputs:
+        raise ValueError(
+            f"Model {model.name!r} has no defined input shape: build it with "
+            "`keras.Input(shape=...)` (functional/Sequential) or call it once on data "
+            "before exporting."
+        )
+
+
+def _is_qat(model):
+    return any(isinstance(layer, ActivationQuantizer) for layer in all_layers(model))
+
+
+def _input_ranges(model):
+    """{input name: (lo, hi)} of the ActivationQuantizer right after each model input."""
+    if not is_graph_model(model):
+        return {}
+    graph = ModelGraph(model)
+    ranges = {}
+    for tensor, keras_input in zip(graph.inputs, model.inputs):
+        for node in tensor.consumers:
+            if isinstance(node.layer, ActivationQuantizer):
+                q = node.layer
+                ranges[keras_input.name] = (float(q.range_min.numpy()), float(q.range_max.numpy()))
+                break
+    return ranges
+
+
+def representative_inputs(model, data):
+    """{input name: float32 array (N, ...)} for calibration, validated.
+
+    Without data, a QAT model's inputs are sampled uniformly in the range of the
+    quantizer after each input (64 examples).
+
+    Args:
+        model: the model to convert.
+        data: None, an array (one input), a list in `model.inputs` order or a dict
+            {input name: array}.
+
+    Returns:
+        The dict, at most 256 examples per input, inputs in `model.inputs` order.
+
+    Raises:
+        ValueError: for missing data on a float model, empty data, data that does
+            not match the inputs (names, count or shapes).
+    """
+    names = [t.name for t in model.inputs]
+    shapes = {t.name: tuple(t.shape[1:]) for t in model.inputs}
+    wanted = ", ".join(f"{n}: (N,) + {shapes[n]}" for n in names)
+    if data is None:
+        ranges = _input_ranges(model) if _is_qat(model) else {}
+        if not ranges or set(ranges) != set(names):
+            single = f"(N,) + {shapes[names[0]]}" if len(names) == 1 else wanted
+            raise ValueError(
+                "mode='int8' on a float model is post-training quantization and needs "
+                "`representative_data` (a few hundred training inputs of shape "
+                f"{single}). Or quantize_model() it first and train (QAT)."
+            )
+        rng = np.random.default_rng(0)
+        return {
+            n: rng.uniform(*ranges[n], size=(64,) + shapes[n]).astype(np.float32) for n in names
+        }
+    if isinstance(data, dict):
+        if sorted(data) != sorted(names):
+            raise ValueError(
+                f"`representative_data` has inputs {sorted(data)}, but model {model.name!r} "
+                f"takes {names}."
+            )
+        arrays = {n: data[n] for n in names}
+    elif isinstance(data, (list, tuple)) and len(names) > 1:
+        if len(data) != len(names):
+            raise ValueError(
+                f"`representative_data` is a list of {len(data)} arrays, but model "
+                f"{model.name!r} takes {len(names)} inputs ({wanted})."
+            )
+        arrays = dict(zip(names, data))
+    elif len(names) == 1:
+        arrays = {names[0]: data}
+    else:
+        raise ValueError(
+            f"Model {model.name!r} takes {len(names)} inputs ({wanted}): give "
+            "`representative_data` as a list in that order or a dict {input name: array}."
+        )
+    out = {}
+    for name in names:
+        array = np.asarray(arrays[name], dtype=np.float32)
+        shape = shapes[name]
+        label = "" if len(names) == 1 else f"[{name!r}]"
+        if array.ndim == 0 or len(array) == 0:
+            raise ValueError(
+                f"`representative_data`{label} is empty (shape {array.shape}); give a few "
+                f"hundred inputs of shape (N,) + {shape}."
+            )
+        if array.ndim != len(shape) + 1 or any(
+            s is not None and s != d for s, d in zip(shape, array.shape[1:])
+        ):
+            raise ValueError(
+                f"`representative_data`{label} has shape {array.shape}, but model "
+                f"{model.name!r} takes inputs of shape (N,) + {shape}."
+            )
+        out[name] = array[:_REPRESENTATIVE_EXAMPLES]
+    counts = {len(a) for a in out.values()}
+    if len(counts) != 1:
+        raise ValueError(
+            f"Every input of `representative_data` needs the same number of examples. "
+            f"Received: { {n: len(a) for n, a in out.items()} }"
+        )
+    return out

@@ -1,0 +1,227 @@
+"""Pruning a whole model: wrap, strip, and report the sparsity of every weight matrix.
+
+`prune_low_magnitude(model, schedule)` rebuilds any functional or Sequential model
+(nested models flattened, shared layers kept shared) with every layer that has
+weight matrices wrapped in `PruneLowMagnitude`; `strip_pruning` rebuilds it with
+plain layers holding `W * mask`. Names and behaviour follow tfmot.
+"""
+
+import keras
+import numpy as np
+
+from tfcompress.core.graph import ModelGraph, all_layers, check_model
+from tfcompress.core.traits import has_kernels, kernel_layer_names, kernel_variables
+from tfcompress.core.wrapper import (
+    select_layers,
+    strip_wrappers,
+    to_numpy,
+    wrap_layers,
+    wrappers_in,
+)
+from tfcompress.pruning.masks import check_m_by_n
+from tfcompress.pruning.schedules import ConstantSparsity, deserialize_schedule
+from tfcompress.pruning.wrapper import PruneLowMagnitude, unsupported_layer_error
+
+__all__ = ["get_pruning_masks", "prune_low_magnitude", "sparsity_report", "strip_pruning"]
+
+
+def prune_low_magnitude(to_prune, pruning_schedule=None, sparsity_m_by_n=None, **kwargs):
+    """Wraps a layer, or every supported layer of a model, in `PruneLowMagnitude`.
+
+    Magnitude pruning with retraining (Han et al., NeurIPS 2015; Deep
+    Compression sec. 2): train the result with `UpdatePruningStep`; at the
+    steps the schedule chooses, each mask keeps the `N - round(s_t * N)`
+    weights of largest |w|, and `strip_pruning` then gives plain layers with
+    exact zeros.
+
+    Args:
+        to_prune: a Keras layer (returns its wrapper, e.g. inside a
+            `keras.models.clone_model` `clone_function`, as with tfmot), or a
+            built functional or Sequential model. A model is copied (the
+            original is unchanged); the copy's weights start equal to the
+            original's. Nested models are flattened into the copy (their layers
+            become layers of it), shared layers stay shared.
+        pruning_schedule: a `PruningSchedule` for every supported layer
+            (default `ConstantSparsity(0.5, 0)`), or, for a model, a dict
+            {layer name: PruningSchedule} pruning only the named layers (the
+            others stay dense).
+        sparsity_m_by_n: None, or (m, n) with 0 < m < n: m zeros in every n
+            consecutive weights along the input-channel axis (tfmot's meaning;
+            (2, 4) is NVIDIA 2:4).
+        **kwargs: for a layer, standard Layer arguments of the wrapper.
+
+    Returns:
+        A `PruneLowMagnitude` for a layer; for a model a new, uncompiled model
+        (a Sequential for a Sequential, else functional, with the model's input
+        and output structure) with each pruned layer replaced by its wrapper (named
+        "prune_low_magnitude_" + the layer's name); Flatten, pooling,
+        BatchNormalization, activations and other layers without weight
+        matrices are copied as they are.
+
+    Raises:
+        ValueError: for an invalid schedule or `sparsity_m_by_n`, an unsupported
+            layer (named, with the supported types), a name in the dict that is
+            not a layer of the model (the layer names are listed), an already
+            pruned model or layer, a subclassed or unbuilt model, or a model
+            without any layer to prune.
+
+    Example:
+        >>> pruned = prune_low_magnitude(model, ConstantSparsity(0.8, begin_step=0))
+        >>> pruned = prune_low_magnitude(
+        ...     model, {"fc1": PolynomialDecay(0.0, 0.95, 0, 1000), "fc2": ConstantSparsity(0.5)})
+    """
+    if sparsity_m_by_n is not None:
+        sparsity_m_by_n = check_m_by_n(sparsity_m_by_n)
+    if not isinstance(to_prune, keras.Model):
+        if not isinstance(to_prune, keras.layers.Layer):
+            raise ValueError(  # noqa: TRY004
+                "`to_prune` must be a Keras layer or a functional/Sequential model. "
+                f"Received: to_prune={to_prune!r}"
+            )
+        if isinstance(pruning_schedule, dict) and not (
+            "class_name" in pruning_schedule and "config" in pruning_schedule
+        ):
+            raise ValueError(
+                "A dict `pruning_schedule` {layer name: schedule} is for models; for a layer "
+                f"pass one PruningSchedule. Received: pruning_schedule={pruning_schedule!r}"
+            )
+        return PruneLowMagnitude(to_prune, pruning_schedule, sparsity_m_by_n, **kwargs)
+
+    model = to_prune
+    if kwargs:
+        raise ValueError(
+            f"Layer arguments are for a single layer, not a model. Received: {sorted(kwargs)}"
+        )
+    check_model(model, "prune_low_magnitude")
+    pruned = [layer.name for layer in wrappers_in(model, PruneLowMagnitude)]
+    if pruned:
+        raise ValueError(
+            f"Model {model.name!r} is already pruned (PruneLowMagnitude layers: "
+            f"{', '.join(pruned)}). Call strip_pruning first."
+        )
+    graph = ModelGraph(model)
+    if isinstance(pruning_schedule, dict):
+        schedules = {
+            name: deserialize_schedule(schedule) for name, schedule in pruning_schedule.items()
+        }
+    else:
+        schedules = deserialize_schedule(
+            ConstantSparsity(0.5, 0) if pruning_schedule is None else pruning_schedule
+        )
+    per_layer = select_layers(
+        graph, schedules, unsupported_layer_error,
+        ValueError(
+            f"Model {model.name!r} has no layer with weights to prune. Supported: "
+            f"{', '.join(kernel_layer_names())}, or any layer with get_prunable_weights()."
+        ),
+    )
+    return wrap_layers(graph, {
+        name: (lambda layer, schedule=schedule: PruneLowMagnitude(
+            layer, schedule, sparsity_m_by_n))
+        for name, schedule in per_layer.items()
+    })
+
+
+def strip_pruning(model):
+    """Replaces every `PruneLowMagnitude` by its layer, with the pruned weights.
+
+    Each weight matrix of the returned layers is `W * mask` (exactly zero where
+    pruned), so the stripped model computes what the pruned model computes,
+    without masks, step counters or constraints. Other layers are copied with
+    their weights.
+
+    Args:
+        model: a functional or Sequential model (pruned or not; nested models
+            are flattened).
+
+    Returns:
+        A new, uncompiled model (a Sequential for a Sequential, else functional)
+        with plain layers (named as the wrapped layers were); the input model is
+        unchanged.
+
+    Raises:
+        ValueError: for something that is not a built functional or Sequential
+            model.
+
+    Example:
+        >>> final = strip_pruning(pruned)
+        >>> float(np.mean(final.get_layer("fc1").kernel.numpy() == 0))
+        0.9
+    """
+    check_model(model, "strip_pruning")
+    return strip_wrappers(model, PruneLowMagnitude)
+
+
+def _weight_rows(model):
+    """(layer name, weight name, effective values) of every weight matrix, in layer order."""
+    for layer in all_layers(model, wrapped=False):
+        if isinstance(layer, PruneLowMagnitude):
+            if not layer.built:
+                continue
+            for kernel, values in zip(layer.kernel_variables(), layer.masked_kernels()):
+                yield layer.layer.name, kernel.name, to_numpy(values)
+        elif not isinstance(layer, keras.Model) and layer.built and has_kernels(layer):
+            for kernel in kernel_variables(layer):
+                yield layer.name, kernel.name, to_numpy(kernel)
+
+
+def sparsity_report(model):
+    """Exact zeros of every weight matrix, pruned (wrapped) or plain.
+
+    Works on a pruned model (the matrices it computes with, `W * mask`) and on
+    any other model, e.g. the result of `strip_pruning` (its actual weights).
+
+    Args:
+        model: a keras.Model (layers of nested models are included).
+
+    Returns:
+        A list of dicts, one per weight matrix in layer order, with keys
+        "layer" (layer name; the wrapped layer's for a PruneLowMagnitude),
+        "weight" (the matrix's name), "shape", "zeros", "size" and "sparsity"
+        (zeros / size).
+
+    Raises:
+        ValueError: for something that is not a keras.Model.
+
+    Example:
+        >>> [(r["layer"], round(r["sparsity"], 2)) for r in sparsity_report(final)]
+        [('fc1', 0.9), ('fc2', 0.9), ('predictions', 0.9)]
+    """
+    if not isinstance(model, keras.Model):
+        raise ValueError(f"sparsity_report needs a keras.Model. Received: {model!r}")  # noqa: TRY004
+    rows = []
+    for layer_name, weight_name, values in _weight_rows(model):
+        zeros = int(np.sum(values == 0))
+        rows.append({
+            "layer": layer_name,
+            "weight": weight_name,
+            "shape": tuple(values.shape),
+            "zeros": zeros,
+            "size": int(values.size),
+            "sparsity": zeros / values.size if values.size else 0.0,
+        })
+    return rows
+
+
+def get_pruning_masks(model):
+    """The current 0/1 masks of every pruned weight matrix.
+
+    Args:
+        model: a model with `PruneLowMagnitude` layers, or one such layer.
+
+    Returns:
+        A dict {"layer/weight": NumPy array of the weight's shape} (the wrapped
+        layer's name), in layer order. Empty if nothing is pruned.
+
+    Example:
+        >>> masks = get_pruning_masks(pruned)
+        >>> masks["fc1/kernel"].mean()
+        0.1
+    """
+    out = {}
+    for wrapper in wrappers_in(model, PruneLowMagnitude):
+        if not wrapper.built:
+            continue
+        for kernel, mask in zip(wrapper.kernel_variables(), wrapper.pruning_masks):
+            out[f"{wrapper.layer.name}/{kernel.name}"] = to_numpy(mask)
+    return out

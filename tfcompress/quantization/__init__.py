@@ -1,0 +1,62 @@
+"""Quantization-aware training (QAT) with BatchNorm folding, in TFLite's int8 scheme.
+
+Modules: `quantizers` (the int8 grids as fake quantization), `wrappers` (the QAT
+layers), `roles` (which layer types are quantized how), `plan` (fusions found on
+the model graph), `annotate` (per-layer choices), `api` (quantize_model).
+
+The scheme is the one TFLite executes (Jacob et al., "Quantization and Training of
+Neural Networks for Efficient Integer-Arithmetic-Only Inference", CVPR 2018):
+
+* weights: symmetric int8 in [-127, 127], one scale per output channel
+  (`per_channel=True`) or per tensor, `s = max|w| / 127`;
+* activations: asymmetric int8, `x ~ s * (q - z)`, range from an exponential
+  moving average of the batch min/max seen in training (zero always inside);
+* bias: int32 at scale `s_in * s_w` (the converter rounds it; the QAT model's
+  inference rounds it the same way, with the scale of its input's quantizer).
+
+Fake quantization sits where TFLite quantizes: on the model input, on the folded
+weights, and after the fused conv + bias + activation (never between them), so
+the Keras QAT model and the exported file compute the same thing.
+
+BatchNorm folding (Jacob et al. sec. 3.2; Krishnamoorthi 2018, sec. 3.2.2): a
+Conv2D / DepthwiseConv2D / Dense followed by BatchNormalization trains as one
+layer whose weights are `w * gamma / sigma` (moving sigma) quantized, with the
+output corrected by `sigma / sigma_B` and the bias `beta - gamma * mu_B / sigma_B`
+while training, so the forward pass equals conv-then-BN with batch statistics;
+at inference it uses the moving statistics, exactly what is exported. The
+gradient flows through the batch statistics `mu_B`, `sigma_B` (computed from an
+unquantized pass), so with the straight-through weight quantizer it is exactly
+the gradient of conv-then-BN in training mode.
+
+Supported layers: Conv2D, DepthwiseConv2D, Dense (activation linear, relu,
+relu6, softmax or sigmoid), BatchNormalization (folded, or `QuantizeBatchNorm`
+where there is nothing to fold into), Add, Subtract, Multiply, Average,
+Concatenate, GlobalAveragePooling, AveragePooling, Rescaling, standalone ReLU /
+Activation / Softmax, the scale-preserving MaxPooling, Flatten, Reshape,
+Dropout, ZeroPadding, Cropping, Permute, and every tfcompress layer: GhostConv, GhostBottleneck and ShiftConv
+(lowered first, see `tfcompress.lowering`), Shift, BinaryConv/BinaryDense (Sign
++ a conv on +/-1 inputs) and AdderConv/AdderDense (`QuantizeAdderWrapper`).
+Functional and Sequential models, with several inputs and outputs, nested models
+(flattened) and shared layers; subclassed models cannot be cloned by Keras and
+raise a ValueError.
+"""
+
+from tfcompress.quantization.annotate import QUANTIZE_CHOICES, quantize_annotate_layer
+from tfcompress.quantization.api import quantize_model
+from tfcompress.quantization.quantizers import ActivationQuantizer, fake_quant_weights
+from tfcompress.quantization.wrappers import (
+    QuantizeAdderWrapper,
+    QuantizeBatchNorm,
+    QuantizeWrapper,
+)
+
+__all__ = [
+    "QUANTIZE_CHOICES",
+    "ActivationQuantizer",
+    "QuantizeAdderWrapper",
+    "QuantizeBatchNorm",
+    "QuantizeWrapper",
+    "fake_quant_weights",
+    "quantize_annotate_layer",
+    "quantize_model",
+]

@@ -1,0 +1,206 @@
+"""`quantize_model`: a quantization-aware copy of any functional or Sequential model.
+
+The model is lowered (`tfcompress.lowering.lower_model`: composite layers as the
+standard layers they are made of, nested models flattened), its fusions are
+planned on the graph (`plan.plan_fusions`), and it is rebuilt with the QAT layers
+of `wrappers` where TFLite fuses and an `ActivationQuantizer` wherever TFLite
+requantizes, so the Keras QAT model and the exported int8 file compute the same
+thing.
+"""
+
+from keras import layers
+
+from tfcompress.core.graph import ModelGraph, check_model
+from tfcompress.core.rewrite import fresh_copy, rebuild
+from tfcompress.layers import Sign
+from tfcompress.lowering import lower_model
+from tfcompress.quantization.annotate import annotation_of
+from tfcompress.quantization.plan import activation_of, plan_fusions
+from tfcompress.quantization.quantizers import (
+    FIXED_RANGE,
+    FIXED_RANGE_ACTIVATIONS,
+    SIGN_RANGE,
+    ActivationQuantizer,
+)
+from tfcompress.quantization.roles import (
+    is_scale_preserving,
+    quantization_role,
+    supported_layer_names,
+)
+from tfcompress.quantization.wrappers import (
+    QuantizeAdderWrapper,
+    QuantizeBatchNorm,
+    QuantizeWrapper,
+)
+
+__all__ = ["quantize_model"]
+
+
+def _copy_weights(source, target):
+    target.set_weights(source.get_weights())
+
+
+def quantize_model(
+    model, per_channel=True, fold_batchnorm=True, ema_decay=0.999, init_range=(-6.0, 6.0),
+):
+    """Returns a trainable quantization-aware copy of a functional or Sequential model.
+
+    The copy has int8 fake quantization on its input, on every weighted layer's
+    (BatchNorm-folded) weights and after every fused conv + bias + activation,
+    add, concat, pooling, ... exactly where an integer-only TFLite file quantizes.
+    It trains with `model.fit` (and under `tf.distribute` strategies), saves to
+    `.keras`, and `tfcompress.export.to_tflite(qat_model, mode="int8")` turns it
+    into the int8 file using the learned ranges. The original model is unchanged.
+
+    Args:
+        model: a built functional or Sequential `keras.Model`: several inputs and
+            outputs (lists or dicts), nested models (flattened) and shared layers
+            included. Each model input gets its own quantizer ("quant_input" for
+            a single input, "quant_<input name>" for several).
+        per_channel: per-output-channel weight scales (TFLite's default) or per tensor;
+            `quantize_annotate_layer` overrides it per layer.
+        fold_batchnorm: fold BatchNormalization into the preceding weighted layer.
+        ema_decay: decay of the activation ranges' moving averages.
+        init_range: (min, max) where every activation range but the model
+            input's and AdderConv's steps starts; the default (-6, 6) with
+            ema_decay=0.999 is TF's and tfmot's QAT start, which keeps the ranges
+            wide through a one-epoch fine-tuning (on MNIST LeNet-5 it gave 8.2 /
+            4.6 more correct test images out of 10,000 than first-batch ranges,
+            two seeds of four runs; benchmarks/RESULTS.md). None: each range
+            starts at its first training batch's min/max (with ema_decay=0.99 it
+            settles within a few dozen steps). The input's range always starts at
+            the first batch: it is the data's range (tfmot tracks its min/max).
+            So do an AdderConv's: -sum |x - w| grows with the fan-in, far past
+            (-6, 6), which would clip nearly every output (and zero its gradient).
+
+    Returns:
+        A new functional `keras.Model` (uncompiled) with the model's input and
+        output structure, whose weights start equal to `model`'s.
+
+    Raises:
+        ValueError: for a subclassed or unbuilt model, or a layer that cannot be
+            quantized (named, with the supported list).
+
+    Example:
+        >>> qat = quantize_model(model)
+        >>> qat.compile("adam", "sparse_categorical_crossentropy")
+        >>> qat.fit(x, y, epochs=1)
+        >>> tflite = tfcompress.export.to_tflite(qat, mode="int8")
+    """
+    check_model(model, "quantize_model")
+    graph = ModelGraph(model)
+    # Annotations are looked up by name: lowering copies the layers.
+    schemes = {
+        graph.name_of(layer): annotation_of(layer) for layer in graph.layers
+        if annotation_of(layer) is not None
+    }
+    lowered = ModelGraph(lower_model(model))
+    plan = plan_fusions(lowered, fold_batchnorm, schemes)
+    shared_quantizers = {}  # Concatenate name -> its ActivationQuantizer
+
+    def concat_quantizer(concat_name):
+        if concat_name not in shared_quantizers:
+            shared_quantizers[concat_name] = ActivationQuantizer(
+                ema_decay, init_range=init_range, name=f"quant_{concat_name}"
+            )
+        return shared_quantizers[concat_name]
+
+    def share(name, out):
+        """Quantizes a tensor that also feeds a Concatenate with that concat's range."""
+        return concat_quantizer(plan.concat_shared[name])(out, update_range=False)
+
+    made = {}  # name -> the QAT layer of a layer (made at its first call: shared stays shared)
+
+    def once(name, make, args, kwargs, weights=()):
+        """Calls the QAT layer made for `name`, making it (and copying weights) the first time."""
+        first = name not in made
+        if first:
+            made[name] = make()
+        out = made[name](*args, **kwargs)
+        if first:
+            for source, target in weights(made[name]) if callable(weights) else weights:
+                _copy_weights(source, target)
+        return out
+
+    def node_fn(node, args, kwargs, state):
+        original = node.layer
+        name = original.name
+        scheme = schemes.get(name)
+        role = quantization_role(original)
+        if name in plan.absorbed:
+            return args[0]
+        if name in plan.fused:
+            bn, act, quantize_output = plan.fused[name]
+            out = once(
+                name,
+                lambda: QuantizeWrapper(
+                    fresh_copy(original),
+                    batchnorm=None if bn is None else fresh_copy(bn),
+                    activation=act,
+                    quantize_output=quantize_output,
+                    per_channel=per_channel if scheme is None else scheme == "per_channel",
+                    ema_decay=ema_decay,
+                    init_range=init_range,
+                    name=f"quant_{name}",
+                ),
+                args, kwargs,
+                lambda w: [(original, w.layer)] + ([] if bn is None else [(bn, w.batchnorm)]),
+            )
+            return share(name, out) if name in plan.concat_shared else out
+        if role == "adder" and scheme != "float":
+            return once(
+                name,
+                lambda: QuantizeAdderWrapper(  # ranges from the data (init_range above)
+                    fresh_copy(original), ema_decay, init_range=None, name=f"quant_{name}"
+                ),
+                args, kwargs, lambda w: [(original, w.layer)],
+            )
+        if role == "batchnorm" and scheme != "float":
+            out = once(
+                name,
+                lambda: QuantizeBatchNorm(
+                    fresh_copy(original), plan.batchnorm_activations.get(name, "linear"),
+                    ema_decay, init_range=init_range, name=f"quant_{name}",
+                    quantize_output=name not in plan.concat_fed and name not in plan.concat_shared,
+                ),
+                args, kwargs, lambda w: [(original, w.layer)],
+            )
+            return share(name, out) if name in plan.concat_shared else out
+        out = state.call(node, args, kwargs)
+        if scheme == "float" or is_scale_preserving(original) or name in plan.concat_fed:
+            return out
+        if role == "output":
+            act = activation_of(original)
+            fixed = FIXED_RANGE if act in FIXED_RANGE_ACTIVATIONS else None
+            if isinstance(original, Sign):
+                fixed = SIGN_RANGE
+            if isinstance(original, layers.Concatenate):
+                return concat_quantizer(name)(out)
+            if name in plan.concat_shared and fixed is None:
+                return share(name, out)
+            return once(
+                f"quant_{name}",
+                lambda: ActivationQuantizer(
+                    ema_decay, fixed_range=fixed, name=f"quant_{name}",
+                    quantize_in_training=act not in FIXED_RANGE_ACTIVATIONS,
+                    init_range=init_range,
+                ),
+                (out,), {},
+            )
+        raise ValueError(
+            f"Cannot quantize layer {name!r} of type {type(original).__name__}. "
+            f"Supported: {', '.join(supported_layer_names())}. Keep it float with "
+            "quantize_annotate_layer(layer, 'float') or replace it."
+        )
+
+    several = len(lowered.inputs) > 1
+
+    def input_fn(tensor, keras_input):
+        # The input's range is the data's: it starts at the first batch either way.
+        name = f"quant_{tensor.name}" if several else "quant_input"
+        return ActivationQuantizer(ema_decay, name=name)(keras_input)
+
+    return rebuild(
+        lowered, node_fn=node_fn, input_fn=input_fn, name=f"{lowered.model.name}_qat",
+        keep_sequential=False,
+    )

@@ -1,0 +1,154 @@
+"""Where `quantize_model` fuses layers and where it quantizes, read off the model graph.
+
+TFLite fuses conv + bias + activation into one operator and requantizes only after
+it; a BatchNormalization after a conv folds into its weights; a tensor that feeds a
+concatenation takes the concatenation's scale. `plan_fusions` finds those places
+in the `ModelGraph` of the lowered model.
+"""
+
+import dataclasses
+
+from keras import layers
+
+from tfcompress.quantization.quantizers import FIXED_RANGE_ACTIVATIONS, activation_name
+from tfcompress.quantization.roles import is_scale_preserving, quantization_role
+
+__all__ = ["FusionPlan", "activation_of", "plan_fusions"]
+
+
+def activation_of(layer):
+    """Activation name a standalone activation layer applies, or None."""
+    if isinstance(layer, layers.ReLU):
+        cfg = layer.get_config()
+        if cfg.get("negative_slope", 0.0) == 0.0 and cfg.get("threshold", 0.0) == 0.0:
+            if cfg.get("max_value") is None:
+                return "relu"
+            if float(cfg["max_value"]) == 6.0:
+                return "relu6"
+        return None
+    if isinstance(layer, layers.Activation):
+        name = activation_name(layer.activation)
+        return name if name in ("relu", "relu6", "softmax", "sigmoid") else None
+    if isinstance(layer, layers.Softmax):
+        return "softmax" if layer.axis in (-1, [-1]) else None
+    return None
+
+
+@dataclasses.dataclass
+class FusionPlan:
+    """What `plan_fusions` found, by layer name.
+
+    Attributes:
+        fused: a weighted layer's name -> (its BatchNormalization or None, the
+            activation it fuses, whether it quantizes its own output).
+        absorbed: names of the BatchNormalization and activation layers merged
+            into the layer before them.
+        concat_fed: names of the layers whose only consumer is a Concatenate,
+            directly or through scale-preserving layers (a MaxPooling, a Reshape).
+            TFLite gives a concatenation's inputs the output's scale, and those
+            layers pass it back to their input, so such a tensor is quantized
+            once, by the concatenation, not twice.
+        concat_shared: names of the layers whose output feeds a Concatenate and
+            other layers too (GhostConv's primary convolution) -> that
+            Concatenate: they are quantized with the concatenation's quantizer
+            (same range, so the same int8 scale), which spares TFLite a
+            requantization (QUANTIZE) that LiteRT's XNNPACK rounds differently
+            from Keras.
+        batchnorm_activations: a BatchNormalization left standing (nothing to
+            fold into) -> the ReLU / ReLU6 it fuses (TFLite's MUL does).
+    """
+
+    fused: dict
+    absorbed: set
+    concat_fed: set
+    concat_shared: dict
+    batchnorm_activations: dict
+
+
+def plan_fusions(graph, fold_batchnorm, schemes):
+    """Finds weighted layer -> [BatchNormalization] -> [activation] chains to fuse.
+
+    Only layers called once take part in a fusion: a shared layer keeps its own
+    quantizer on every call.
+
+    Args:
+        graph: the `ModelGraph` of the lowered model.
+        fold_batchnorm: fold a BatchNormalization into the weighted layer before it.
+        schemes: {layer name: "per_channel" | "per_tensor" | "float"} annotations.
+
+    Returns:
+        A `FusionPlan`.
+    """
+    def single_node(layer):
+        nodes = graph.nodes_of(layer)
+        return nodes[0] if len(nodes) == 1 else None
+
+    def consumers(layer):
+        """The layers taking the layer's only output (one entry per use), or None."""
+        node = single_node(layer)
+        if node is None or node.output is None or graph.is_output(node.output):
+            return None
+        return [c.layer for c in node.output.consumers]
+
+    def sole_consumer(layer):
+        users = consumers(layer)
+        if not users or len(users) != 1 or single_node(users[0]) is None:
+            return None
+        return users[0]
+
+    def concat_behind(layer):
+        """The Concatenate that is the layer's sole consumer, directly or through
+        scale-preserving pass-through layers (MaxPooling, Reshape, ...), or None."""
+        nxt = sole_consumer(layer)
+        while nxt is not None and is_scale_preserving(nxt):
+            nxt = sole_consumer(nxt)
+        return nxt if isinstance(nxt, layers.Concatenate) else None
+
+    fused, absorbed, concat_fed, concat_shared = {}, set(), set(), {}
+    for layer in graph.layers:
+        if concat_behind(layer) is not None:
+            concat_fed.add(layer.name)
+            continue
+        users = consumers(layer) or []
+        concats = [c for c in users if isinstance(c, layers.Concatenate)]
+        if len(concats) == 1:
+            concat_shared[layer.name] = concats[0].name
+    for layer in graph.layers:
+        if quantization_role(layer) != "weights" or schemes.get(layer.name) == "float":
+            continue
+        node = single_node(layer)
+        if node is not None and node.input is None:
+            continue
+        bn, act, tail = None, "linear", layer
+        if node is not None and activation_name(getattr(layer, "activation", None)) == "linear":
+            nxt = sole_consumer(tail)
+            if fold_batchnorm and isinstance(nxt, layers.BatchNormalization) and (
+                nxt.axis in (-1, [-1], len(node.output.shape) - 1)
+            ):
+                bn, tail = nxt, nxt
+                nxt = sole_consumer(tail)
+            if nxt is not None and activation_of(nxt) is not None:
+                act, tail = activation_of(nxt), nxt
+        if tail.name in concat_shared:
+            concat = concat_shared.pop(tail.name)
+            if act not in FIXED_RANGE_ACTIVATIONS:  # softmax / sigmoid keep their fixed range
+                concat_shared[layer.name] = concat
+        shared = layer.name in concat_shared
+        fused[layer.name] = (bn, act, tail.name not in concat_fed and not shared)
+        absorbed.update(x.name for x in (bn, tail) if x is not None and x is not layer)
+    batchnorm_activations = {}
+    for layer in graph.layers:
+        if (not isinstance(layer, layers.BatchNormalization) or layer.name in absorbed
+                or schemes.get(layer.name) == "float"):
+            continue
+        nxt = sole_consumer(layer)
+        act = None if nxt is None else activation_of(nxt)
+        if act not in ("relu", "relu6") or schemes.get(nxt.name) == "float":
+            continue
+        batchnorm_activations[layer.name] = act
+        absorbed.add(nxt.name)
+        if nxt.name in concat_fed:
+            concat_fed.add(layer.name)
+        if nxt.name in concat_shared:
+            concat_shared[layer.name] = concat_shared.pop(nxt.name)
+    return FusionPlan(fused, absorbed, concat_fed, concat_shared, batchnorm_activations)

@@ -1,0 +1,568 @@
+"""The QAT layers: a weighted layer with its BatchNorm folded, an adder layer step by
+step, and a BatchNormalization on its own, each in int8 exactly as the exported
+TFLite operators compute it.
+
+BatchNorm folding (Jacob et al., CVPR 2018, sec. 3.2; Krishnamoorthi 2018, sec.
+3.2.2): a Conv2D / DepthwiseConv2D / Dense followed by BatchNormalization trains as
+one layer whose weights are `w * gamma / sigma` (moving sigma) quantized, with the
+output corrected by `sigma / sigma_B` and the bias `beta - gamma * mu_B / sigma_B`
+while training, so the forward pass equals conv-then-BN with batch statistics; at
+inference it uses the moving statistics, exactly what is exported. The gradient
+flows through the batch statistics `mu_B`, `sigma_B` (computed from an unquantized
+pass), so with the straight-through weight quantizer it is exactly the gradient of
+conv-then-BN in training mode. At inference each wrapper rounds its bias to int32
+at `s_in * s_w`, as the converter stores it, with the scale of its input's
+quantizer (`input_quantizer_of`).
+"""
+
+import math
+import weakref
+
+import keras
+from keras import layers, ops
+
+from tfcompress.analysis.profile import count_layer, register_counter
+from tfcompress.core.graph import layer_call_inputs
+from tfcompress.layers import AdderConv, AdderDense, BinaryConv, BinaryDense
+from tfcompress.layers.adder import magnitude
+from tfcompress.quantization.quantizers import (
+    FIXED_RANGE,
+    FIXED_RANGE_ACTIVATIONS,
+    FUSABLE_ACTIVATIONS,
+    ActivationQuantizer,
+    activation_name,
+    check_range,
+    fake_quant_constant,
+    fake_quant_weights,
+    weight_bound,
+)
+from tfcompress.quantization.roles import is_scale_preserving, quantization_role
+
+__all__ = [
+    "QuantizeAdderWrapper",
+    "QuantizeBatchNorm",
+    "QuantizeWrapper",
+    "input_quantizer_of",
+]
+
+
+def _gamma_beta(bn):
+    """A BatchNormalization's (gamma, beta), ones / zeros where it has none."""
+    gamma = bn.gamma if bn.scale else ops.ones_like(bn.moving_mean)
+    beta = bn.beta if bn.center else ops.zeros_like(bn.moving_mean)
+    return gamma, beta
+
+
+def _fused_relu(outputs, activation):
+    """ReLU / ReLU6 for activation "relu" / "relu6" (TFLite fuses them into the
+    op before); "linear" passes the values through."""
+    if activation == "relu":
+        return ops.relu(outputs)
+    if activation == "relu6":
+        return ops.relu6(outputs)
+    return outputs
+
+
+def _batch_statistics(bn, values):
+    """(mean, variance) of `values` over all axes but the last, also moved into
+    `bn`'s moving statistics with its momentum, as BatchNormalization trains."""
+    mean, var = ops.moments(values, axes=list(range(len(values.shape) - 1)))
+    m = bn.momentum
+    bn.moving_mean.assign(m * bn.moving_mean + (1.0 - m) * mean)
+    bn.moving_variance.assign(m * bn.moving_variance + (1.0 - m) * var)
+    return mean, var
+
+
+@keras.saving.register_keras_serializable(package="tfcompress")
+class QuantizeWrapper(layers.Layer):
+    """A Conv2D / DepthwiseConv2D / Dense with folded BatchNorm, activation and int8 fake quant.
+
+    Computes `Q_a(act(op(x, Q_w(w_fold)) + b_fold))`, where `op` is the wrapped
+    layer's operation, `Q_w` symmetric int8 (per output channel or per tensor),
+    `Q_a` an `ActivationQuantizer`, and, with a `batchnorm`,
+    `w_fold = w * gamma / sqrt(var + eps)`. See the module docstring for the
+    training-time correction. softmax/sigmoid activations quantize the logits
+    first, then the output with TFLite's fixed range.
+
+    Args:
+        layer: the Conv2D, DepthwiseConv2D or Dense layer (or its serialized config).
+        batchnorm: a BatchNormalization following it (or config), or None.
+        activation: "linear", "relu", "relu6", "softmax" or "sigmoid", applied
+            after the folded BN (the wrapped layer's own activation must be linear
+            when a batchnorm is given).
+        per_channel: per-output-channel weight scales (else per tensor). Dense
+            layers always use one scale: TFLite's FULLY_CONNECTED kernels do.
+        ema_decay: decay of the output range's moving average.
+        quantize_output: False when the output feeds only a concatenation, which
+            quantizes it (TFLite gives concatenation inputs the output's scale).
+        init_range: where the output range starts (`ActivationQuantizer`).
+        **kwargs: standard Layer arguments.
+
+    Raises:
+        ValueError: for an unsupported layer type or activation.
+    """
+
+    def __init__(
+        self, layer, batchnorm=None, activation="linear", per_channel=True, ema_decay=0.99,
+        quantize_output=True, init_range=None, **kwargs,
+    ):
+        super().__init__(**kwargs)
+        if isinstance(layer, dict):
+            layer = keras.saving.deserialize_keras_object(layer)
+        if isinstance(batchnorm, dict):
+            batchnorm = keras.saving.deserialize_keras_object(batchnorm)
+        if quantization_role(layer) != "weights" or getattr(layer, "binarize_input", False):
+            raise ValueError(
+                "QuantizeWrapper wraps Conv2D, DepthwiseConv2D, Dense, or BinaryConv / "
+                f"BinaryDense with binarize_input=False. Received: layer={layer!r}"
+            )
+        inner_activation = activation_name(getattr(layer, "activation", None))
+        if batchnorm is not None and inner_activation != "linear":
+            raise ValueError(
+                f"Cannot fold {batchnorm.name!r} after {layer.name!r}: the layer already "
+                f"applies activation={inner_activation!r} before the BatchNormalization."
+            )
+        if activation == "linear":
+            activation = inner_activation
+        if activation not in FUSABLE_ACTIVATIONS:
+            raise ValueError(
+                f"Unsupported activation {activation!r} in {layer.name!r}; supported: "
+                f"{', '.join(FUSABLE_ACTIVATIONS)}."
+            )
+        if getattr(layer, "data_format", "channels_last") != "channels_last":
+            raise ValueError(f"{layer.name!r}: only data_format='channels_last' is supported.")
+        self.layer = layer
+        self.batchnorm = batchnorm
+        self.activation = activation
+        self.per_channel = bool(per_channel)
+        self.ema_decay = float(ema_decay)
+        self.quantize_output = bool(quantize_output)
+        self.init_range = check_range("init_range", init_range)
+        fixed = activation in FIXED_RANGE_ACTIVATIONS
+        self.output_quantizer = ActivationQuantizer(
+            ema_decay, fixed_range=FIXED_RANGE if fixed else None,
+            quantize_in_training=not fixed, init_range=None if fixed else self.init_range,
+            name="output_quantizer",
+        )
+        self.logits_quantizer = (
+            ActivationQuantizer(ema_decay, init_range=self.init_range, name="logits_quantizer")
+            if fixed else None
+        )
+        self._input_quantizer_ref = None  # weakref, set when called in a functional graph
+
+    def build(self, input_shape):
+        if not self.layer.built:
+            self.layer.build(input_shape)
+        out_shape = self.layer.compute_output_shape(input_shape)
+        if self.batchnorm is not None and not self.batchnorm.built:
+            self.batchnorm.build(out_shape)
+        self.output_quantizer.build(out_shape)
+        if self.logits_quantizer is not None:
+            self.logits_quantizer.build(out_shape)
+
+    # -- the wrapped operation, with any kernel
+    def _op(self, x, kernel):
+        layer = self.layer
+        if len(kernel.shape) == 2:  # Dense, BinaryDense
+            return ops.matmul(x, kernel)
+        if isinstance(layer, layers.DepthwiseConv2D):
+            return ops.depthwise_conv(
+                x, kernel, strides=layer.strides, padding=layer.padding,
+                dilation_rate=layer.dilation_rate,
+            )
+        return ops.conv(
+            x, kernel, strides=layer.strides, padding=layer.padding,
+            dilation_rate=getattr(layer, "dilation_rate", 1),
+        )
+
+    def _per_output(self, values):
+        """Reshapes a per-output-channel vector to broadcast against the kernel."""
+        if isinstance(self.layer, layers.DepthwiseConv2D):
+            _, _, cin, mult = self.layer.kernel.shape
+            return ops.reshape(values, (1, 1, cin, mult))
+        return values
+
+    def _kernel_as_stored(self, kernel):
+        """(kernel with TFLite's output channels last, per_channel) for the weight grid."""
+        if isinstance(self.layer, layers.DepthwiseConv2D):
+            # TFLite's depthwise output channel is c * multiplier + m.
+            kh, kw, cin, mult = kernel.shape
+            return ops.reshape(kernel, (kh, kw, 1, cin * mult)), self.per_channel
+        # TFLite's FULLY_CONNECTED takes one weight scale (per-tensor), as in its PTQ.
+        return kernel, self.per_channel and len(kernel.shape) != 2
+
+    def _quantized_kernel(self, kernel):
+        stored, per_channel = self._kernel_as_stored(kernel)
+        return ops.reshape(fake_quant_weights(stored, per_channel), kernel.shape)
+
+    def _bias_on_int32_grid(self, bias, kernel):
+        """The bias as the file stores it: int32 at scale `s_in * s_w`.
+
+        TFLite rounds the bias to that grid; a bias half a step from it moves an
+        output sitting at a rounding boundary by one int8 step, which flips a Sign
+        behind it (a BinaryConv's input). Needs the input's quantizer, found when
+        the layer is called in a functional graph; without one (an unquantized
+        input) the bias stays as it is.
+        """
+        quantizer = self.input_quantizer
+        if quantizer is None:
+            return bias
+        stored, per_channel = self._kernel_as_stored(kernel)
+        step = quantizer.scale() * weight_bound(stored, per_channel) / 127.0
+        return ops.round(bias / step) * step
+
+    def __call__(self, inputs, *args, **kwargs):
+        # In a functional graph (built by quantize_model, or rebuilt when a .keras
+        # file loads) the input's history names the quantizer of its int8 grid.
+        if isinstance(inputs, keras.KerasTensor):
+            producer = input_quantizer_of(inputs)
+            self._input_quantizer_ref = None if producer is None else weakref.ref(producer)
+        return super().__call__(inputs, *args, **kwargs)
+
+    @property
+    def input_quantizer(self):
+        """The ActivationQuantizer whose int8 grid the input is on (None if unquantized).
+
+        Found from the functional graph the layer is called in, through
+        scale-preserving layers; the inference bias is rounded with its scale.
+        """
+        ref = self._input_quantizer_ref
+        return None if ref is None else ref()
+
+    def folded_weights(self):
+        """(kernel, bias) with the BatchNorm folded in, moving statistics, unquantized.
+
+            w_fold = w * gamma / sigma,   b_fold = beta + (b - mu) * gamma / sigma,
+            sigma = sqrt(moving_variance + epsilon)
+
+        so that `op(x, w_fold) + b_fold == BN(op(x, w) + b)` at inference.
+        """
+        layer, bn = self.layer, self.batchnorm
+        kernel = self._kernel()
+        bias = layer.bias if layer.use_bias else ops.zeros((self.output_channels,))
+        if bn is None:
+            return kernel, bias
+        gamma, beta = _gamma_beta(bn)
+        scale = gamma / ops.sqrt(bn.moving_variance + bn.epsilon)
+        return kernel * self._per_output(scale), beta + (bias - bn.moving_mean) * scale
+
+    def _kernel(self):
+        """The kernel the wrapped layer computes with (alpha * sign(W) if binary)."""
+        if isinstance(self.layer, (BinaryConv, BinaryDense)):
+            return self.layer.binary_kernel()
+        return ops.convert_to_tensor(self.layer.kernel)
+
+    @property
+    def output_channels(self):
+        shape = self.layer.kernel.shape
+        if isinstance(self.layer, layers.DepthwiseConv2D):
+            return shape[2] * shape[3]
+        return shape[-1]
+
+    def call(self, inputs, training=None):
+        layer, bn = self.layer, self.batchnorm
+        folded, folded_bias = self.folded_weights()
+        outputs = self._op(inputs, self._quantized_kernel(folded))
+        if not training:
+            outputs = outputs + self._bias_on_int32_grid(folded_bias, folded)
+        elif bn is None:
+            outputs = outputs + folded_bias
+        else:
+            kernel = self._kernel()
+            bias = layer.bias if layer.use_bias else 0.0
+            gamma, beta = _gamma_beta(bn)
+            sigma = ops.sqrt(bn.moving_variance + bn.epsilon)
+            # Batch statistics from a float pass; BN's moving statistics update.
+            mean_b, var_b = _batch_statistics(bn, self._op(inputs, kernel) + bias)
+            sigma_b = ops.sqrt(var_b + bn.epsilon)
+            # No stop_gradient: sigma_B carries BN's gradient (module docstring).
+            outputs = outputs * (ops.stop_gradient(sigma) / sigma_b)
+            outputs = outputs + beta + (bias - mean_b) * gamma / sigma_b
+        act = self.activation
+        if act in FIXED_RANGE_ACTIVATIONS:
+            outputs = self.logits_quantizer(outputs, training=training)
+            # keras.activations keep the logits on the output for the loss.
+            outputs = getattr(keras.activations, act)(outputs)
+        else:
+            outputs = _fused_relu(outputs, act)
+        if not self.quantize_output:
+            return outputs
+        return self.output_quantizer(outputs, training=training)
+
+    def compute_output_shape(self, input_shape):
+        return self.layer.compute_output_shape(input_shape)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            layer=keras.saving.serialize_keras_object(self.layer),
+            batchnorm=(
+                None if self.batchnorm is None
+                else keras.saving.serialize_keras_object(self.batchnorm)
+            ),
+            activation=self.activation,
+            per_channel=self.per_channel,
+            ema_decay=self.ema_decay,
+            quantize_output=self.quantize_output,
+            init_range=self.init_range,
+        )
+        return config
+
+
+@keras.saving.register_keras_serializable(package="tfcompress")
+class QuantizeAdderWrapper(layers.Layer):
+    """AdderConv / AdderDense in int8, step for step as integer-only TFLite runs it.
+
+    The exported layer is, per kernel position, SUB (input - int8 weights),
+    LEAKY_RELU with alpha -1 (the absolute value, see `layers.adder.magnitude`),
+    SUM over input channels, MUL by -1, and an ADD accumulating the positions;
+    every one of those int8 tensors gets its own scale. This wrapper fake-quantizes
+    each of them (one moving-average range per kind of step, shared by the
+    positions; the partial sums' range follows the full sum), so the QAT model
+    computes what the file computes. Weights are
+    symmetric int8 with one scale (SUB takes a per-tensor constant). Training uses
+    plain straight-through gradients (AdderNet's HardTanh rule is for training
+    from scratch; this is for fine-tuning).
+
+    Args:
+        layer: the AdderConv or AdderDense (or its serialized config).
+        ema_decay: decay of the ranges' moving averages.
+        init_range: where the ranges start (`ActivationQuantizer`).
+        **kwargs: standard Layer arguments.
+
+    Raises:
+        ValueError: for a layer that is not AdderConv/AdderDense.
+    """
+
+    _STEPS = ("difference", "magnitude", "sum", "negated", "accumulated", "biased")
+
+    def __init__(self, layer, ema_decay=0.99, init_range=None, **kwargs):
+        super().__init__(**kwargs)
+        if isinstance(layer, dict):
+            layer = keras.saving.deserialize_keras_object(layer)
+        if not isinstance(layer, (AdderConv, AdderDense)):
+            raise ValueError(  # noqa: TRY004
+                f"QuantizeAdderWrapper wraps AdderConv or AdderDense. Received: layer={layer!r}"
+            )
+        self.layer = layer
+        self.ema_decay = float(ema_decay)
+        self.init_range = check_range("init_range", init_range)
+        self.quantizers = {
+            step: ActivationQuantizer(ema_decay, init_range=self.init_range, name=f"{step}_quantizer")
+            for step in self._STEPS
+        }
+
+    def build(self, input_shape):
+        if not self.layer.built:
+            self.layer.build(input_shape)
+        for quantizer in self.quantizers.values():
+            quantizer.build(())
+
+    @property
+    def output_quantizer(self):
+        """The quantizer of the last step, whose int8 grid the output is on."""
+        if self.layer.bias is not None:
+            return self.quantizers["biased"]
+        kernel_shape = self.layer.kernel.shape
+        positions = 1 if len(kernel_shape) == 2 else kernel_shape[0] * kernel_shape[1]
+        return self.quantizers["accumulated" if positions > 1 else "negated"]
+
+    def _inputs_and_kernels(self, inputs):
+        """(input slice, kernel slice) per kernel position, as AdderConv computes them."""
+        layer = self.layer
+        kernel = fake_quant_weights(ops.convert_to_tensor(layer.kernel), per_channel=False)
+        if len(kernel.shape) == 2:
+            return [(inputs, kernel)]
+        return [(patch, kernel[i, j]) for (i, j), patch in layer.kernel_patches(inputs)]
+
+    def call(self, inputs, training=None):
+        q = {step: (lambda t, quantizer=quantizer: quantizer(t, training=training))
+             for step, quantizer in self.quantizers.items()}
+        outputs = None
+        pairs = self._inputs_and_kernels(inputs)
+        for i, (patch, kernel) in enumerate(pairs):
+            diff = q["difference"](ops.expand_dims(patch, -1) - kernel)
+            part = q["sum"](ops.sum(q["magnitude"](magnitude(diff)), axis=-2))
+            part = q["negated"](part * -1.0)
+            if outputs is None:
+                outputs = part
+            else:
+                # The partial sums share one int8 scale. They grow with each position, so
+                # the range follows the last, full sum, which holds every earlier one;
+                # following all of them would clip the full sum.
+                outputs = self.quantizers["accumulated"](
+                    outputs + part, training=training, update_range=i == len(pairs) - 1
+                )
+        if self.layer.bias is not None:
+            outputs = q["biased"](outputs + self.layer.bias)
+        return outputs
+
+    def compute_output_shape(self, input_shape):
+        return self.layer.compute_output_shape(input_shape)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(layer=keras.saving.serialize_keras_object(self.layer),
+                      ema_decay=self.ema_decay, init_range=self.init_range)
+        return config
+
+
+@keras.saving.register_keras_serializable(package="tfcompress")
+class QuantizeBatchNorm(layers.Layer):
+    """A BatchNormalization that is not folded, in int8 as the exported ADD and MUL run it.
+
+        BN(x) = (x + d) * m,   m = gamma / sqrt(var + eps),   d = beta / m - mean
+
+    per channel. `d` and `m` are int8 constants (`_fake_quant_constant`) and the sum
+    between the ADD and the MUL is an int8 tensor with its own moving-average range,
+    so the QAT model computes what the file computes. Adding first keeps that tensor
+    centred on the data's spread. The other order, Keras' `x * m + (beta - mean * m)`,
+    which the converter would emit with a range it calibrates itself, rounds `x * m`
+    before a large offset cancels it, e.g. behind an AdderConv, whose outputs
+    -sum |x - w| sit far from zero: tens of output steps of error.
+    Training uses the batch statistics and updates the moving ones with the layer's
+    momentum, as `BatchNormalization` does. A channel with |m| < 1e-6 (gamma of 0)
+    computes with m = 1e-6.
+
+    Args:
+        layer: the BatchNormalization (or its serialized config), normalizing the last axis.
+        activation: "linear", "relu" or "relu6" after it (TFLite fuses it into the MUL).
+        ema_decay: decay of the ranges' moving averages.
+        quantize_output: False when the output feeds only a concatenation, which
+            quantizes it (as in `QuantizeWrapper`).
+        init_range: where the ranges start (`ActivationQuantizer`).
+        **kwargs: standard Layer arguments.
+
+    Raises:
+        ValueError: for a layer that is not a BatchNormalization over the last axis.
+    """
+
+    def __init__(
+        self, layer, activation="linear", ema_decay=0.99, quantize_output=True, init_range=None,
+        **kwargs,
+    ):
+        super().__init__(**kwargs)
+        if isinstance(layer, dict):
+            layer = keras.saving.deserialize_keras_object(layer)
+        if not isinstance(layer, layers.BatchNormalization):
+            raise ValueError(  # noqa: TRY004
+                f"QuantizeBatchNorm wraps a BatchNormalization. Received: layer={layer!r}"
+            )
+        if activation not in ("linear", "relu", "relu6"):
+            raise ValueError(
+                "QuantizeBatchNorm fuses activation 'linear', 'relu' or 'relu6'. "
+                f"Received: activation={activation!r}"
+            )
+        self.activation = activation
+        self.layer = layer
+        self.ema_decay = float(ema_decay)
+        self.quantize_output = bool(quantize_output)
+        self.init_range = check_range("init_range", init_range)
+        self.sum_quantizer = ActivationQuantizer(
+            ema_decay, init_range=self.init_range, name="sum_quantizer"
+        )
+        self.output_quantizer = ActivationQuantizer(
+            ema_decay, init_range=self.init_range, name="output_quantizer"
+        )
+
+    def build(self, input_shape):
+        if self.layer.axis not in (-1, len(input_shape) - 1):
+            raise ValueError(
+                f"{self.layer.name!r}: only a BatchNormalization over the last axis can be "
+                f"quantized. Received: axis={self.layer.axis!r} for inputs of rank "
+                f"{len(input_shape)}"
+            )
+        if not self.layer.built:
+            self.layer.build(input_shape)
+        self.sum_quantizer.build(input_shape)
+        self.output_quantizer.build(input_shape)
+
+    def call(self, inputs, training=None, mask=None):
+        del mask  # quantize_model passes none through: Keras' functional API adds it
+        bn = self.layer
+        if training:
+            mean, var = _batch_statistics(bn, inputs)
+        else:
+            mean, var = bn.moving_mean, bn.moving_variance
+        gamma, beta = _gamma_beta(bn)
+        scale = gamma / ops.sqrt(var + bn.epsilon)
+        scale = ops.where(ops.abs(scale) < 1e-6, 1e-6, scale)
+        shift = beta / scale - mean
+        outputs = self.sum_quantizer(inputs + fake_quant_constant(shift), training=training)
+        outputs = _fused_relu(outputs * fake_quant_constant(scale), self.activation)
+        if not self.quantize_output:
+            return outputs
+        return self.output_quantizer(outputs, training=training)
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            layer=keras.saving.serialize_keras_object(self.layer),
+            activation=self.activation,
+            ema_decay=self.ema_decay,
+            quantize_output=self.quantize_output,
+            init_range=self.init_range,
+        )
+        return config
+
+
+def input_quantizer_of(tensor):
+    """The ActivationQuantizer whose int8 grid a KerasTensor is on, or None.
+
+    Follows the tensor back through scale-preserving layers (MaxPooling,
+    Reshape, Shift, ...) to the quantizer that produced it: a standalone one or
+    a wrapper's output quantizer. None for an unquantized tensor.
+    """
+    while True:
+        source = layer_call_inputs(tensor)
+        if source is None:
+            return None
+        op, inputs = source
+        if isinstance(op, ActivationQuantizer):
+            return op
+        if isinstance(op, (QuantizeWrapper, QuantizeBatchNorm)):
+            return op.output_quantizer if op.quantize_output else None
+        if isinstance(op, QuantizeAdderWrapper):
+            return op.output_quantizer
+        if not is_scale_preserving(op) or len(inputs) != 1:
+            return None
+        tensor = inputs[0]
+
+
+def _count_int8(layer, kernel, biases, input_shape, output_shape):
+    """Operations of the wrapped layer; int8 weights and int32 biases, as the file holds
+    them (folded BatchNorm statistics and quantizer ranges are no parameters)."""
+    counts = count_layer(layer, input_shape, output_shape)
+    size = math.prod(kernel.shape)
+    return {
+        "macs": counts["macs"], "adds": counts["adds"], "binary_ops": counts["binary_ops"],
+        "params": size + biases, "trainable_params": size + biases,
+        "param_bits": 8 * size + 32 * biases,
+    }
+
+
+def _count_quantize_wrapper(wrapper, input_shape, output_shape):
+    layer = wrapper.layer
+    has_bias = bool(getattr(layer, "use_bias", False)) or wrapper.batchnorm is not None
+    biases = wrapper.output_channels if has_bias else 0
+    return _count_int8(layer, layer.kernel, biases, input_shape, output_shape)
+
+
+def _count_adder_wrapper(wrapper, input_shape, output_shape):
+    layer = wrapper.layer
+    biases = 0 if layer.bias is None else int(layer.bias.shape[0])
+    return _count_int8(layer, layer.kernel, biases, input_shape, output_shape)
+
+
+def _count_batchnorm(wrapper, input_shape, output_shape):
+    # The file's ADD and MUL: one int8 constant each per channel.
+    channels = int(wrapper.layer.moving_mean.shape[0])
+    return {"params": 2 * channels, "trainable_params": 2 * channels, "param_bits": 16 * channels}
+
+
+register_counter(QuantizeWrapper, _count_quantize_wrapper)
+register_counter(QuantizeAdderWrapper, _count_adder_wrapper)
+register_counter(QuantizeBatchNorm, _count_batchnorm)
