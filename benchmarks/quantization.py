@@ -468,7 +468,7 @@ class Timed:
         self.interpreter = Interpreter(model_content=blob, num_threads=1, **kwargs)
         self.interpreter.allocate_tensors()
         detail = self.interpreter.get_input_details()[0]
-        self.interpreter.set_tensor(detail["index"], export._quantize(image[None], detail))
+        self.interpreter.set_tensor(detail["index"], export.runners.quantize(image[None], detail))
         ops = self.interpreter._get_ops_details()
         self.partitions = sum(op["op_name"] == "DELEGATE" for op in ops)
         self.samples = []

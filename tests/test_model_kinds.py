@@ -287,3 +287,4 @@ def test_subclassed_models_get_a_clear_error(entry):
     model(np.ones((1, 3), "float32"))
     with pytest.raises(ValueError, match="subclassed"):
         entry(model)
+

@@ -410,3 +410,78 @@ def test_format_profile_table(capsys):
     assert len({line.index("AdderConv") for line in layer_lines if "AdderConv" in line}) == 1
     with pytest.raises(ValueError, match="profile"):
         format_profile({"rows": []})
+
+
+# --------------------------------------------------------------------------- wrapped models
+
+
+def _two_dense():
+    inputs = keras.Input((8,))
+    x = layers.Dense(4, name="fc1")(inputs)
+    return keras.Model(inputs, layers.Dense(3, use_bias=False, name="fc2")(x))
+
+
+def _rows(model):
+    return {row["name"]: row for row in profile(model)["layers"]}
+
+
+def test_profile_of_a_pruned_model_counts_the_file():
+    from tfcompress.pruning import ConstantSparsity, prune_low_magnitude
+
+    keras.utils.set_random_seed(0)
+    pruned = prune_low_magnitude(_two_dense(), ConstantSparsity(0.5, 0))
+    for wrapper in pruned.layers[1:]:
+        wrapper.pruning_step.assign(0)
+        wrapper.update_masks()
+    rows = _rows(pruned)
+    fc1, fc2 = rows["prune_low_magnitude_fc1"], rows["prune_low_magnitude_fc2"]
+    # fc1: 8x4 kernel, 16 of 32 zeroed, 4 biases; the mask and step are no parameters.
+    assert (fc1["macs"], fc1["params"], fc1["nonzero_params"]) == (32, 36, 16 + 4)
+    assert fc1["param_bits"] == 32 * (16 + 4)
+    assert (fc2["macs"], fc2["params"], fc2["param_bits"]) == (12, 12, 32 * 6)
+    total = profile(pruned)["total"]
+    assert (total["params"], total["macs"], total["param_bits"]) == (48, 44, 32 * 26)
+    assert pruned.count_params() == 48 + 32 + 12 + 2  # what profile leaves out
+
+
+def test_profile_of_a_clustered_model_counts_indices_and_codebooks():
+    from tfcompress.clustering import cluster_weights
+
+    keras.utils.set_random_seed(0)
+    rows = _rows(cluster_weights(_two_dense(), 4))
+    fc1, fc2 = rows["cluster_fc1"], rows["cluster_fc2"]
+    # 2-bit indices (4 centroids) plus 4 float32 centroids; fc1's biases stay float32.
+    assert (fc1["macs"], fc1["params"]) == (32, 36)
+    assert fc1["param_bits"] == 32 * 2 + 4 * 32 + 4 * 32
+    assert (fc2["macs"], fc2["params"], fc2["param_bits"]) == (12, 12, 12 * 2 + 4 * 32)
+    # Pruned first: the kept zeros need a fifth symbol, so 3-bit indices.
+    model = _two_dense()
+    kernel = model.get_layer("fc2").kernel.numpy()
+    kernel[0] = 0.0
+    model.get_layer("fc2").set_weights([kernel])
+    row = _rows(cluster_weights(model, {"fc2": 4}))["cluster_fc2"]
+    assert row["param_bits"] == 12 * 3 + 4 * 32
+
+
+def test_profile_of_a_qat_model_counts_int8_weights_and_int32_biases():
+    from tfcompress.quantization import quantize_model
+
+    inputs = keras.Input((6, 6, 2))
+    x = layers.Conv2D(4, 3, padding="same", use_bias=False, name="conv")(inputs)
+    x = layers.ReLU(name="relu")(layers.BatchNormalization(name="bn")(x))
+    y = layers.Conv2D(4, 1, name="side")(inputs)
+    x = layers.BatchNormalization(name="bn2")(layers.Add(name="add")([x, y]))
+    outputs = layers.Dense(3, name="fc")(layers.Flatten(name="flat")(x))
+    rows = _rows(quantize_model(keras.Model(inputs, outputs)))
+    # conv + folded BN: 3*3*2*4 int8 weights, 4 int32 biases (the folded BN's).
+    conv = rows["quant_conv"]
+    assert (conv["macs"], conv["params"], conv["param_bits"]) == (36 * 72, 76, 72 * 8 + 4 * 32)
+    side = rows["quant_side"]
+    assert (side["macs"], side["params"], side["param_bits"]) == (36 * 8, 12, 8 * 8 + 4 * 32)
+    # A BatchNormalization after an Add: the file's ADD and MUL constants, int8.
+    bn2 = rows["quant_bn2"]
+    assert (bn2["macs"], bn2["params"], bn2["param_bits"]) == (0, 8, 8 * 8)
+    fc = rows["quant_fc"]
+    assert (fc["macs"], fc["params"], fc["param_bits"]) == (432, 435, 432 * 8 + 3 * 32)
+    quantizers = [row for row in rows.values() if row["type"] == "ActivationQuantizer"]
+    assert quantizers and all(row["params"] == row["param_bits"] == 0 for row in quantizers)

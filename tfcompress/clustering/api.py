@@ -18,9 +18,10 @@ from tfcompress.clustering.kmeans import (
     clustered_values,
 )
 from tfcompress.clustering.wrapper import ClusterWeights, unsupported_layer_error
-from tfcompress.core.graph import ModelGraph, all_layers, check_model
+from tfcompress.core.graph import all_layers, check_model
 from tfcompress.core.traits import has_kernels, kernel_layer_names, kernel_variables
 from tfcompress.core.wrapper import (
+    graph_to_wrap,
     select_layers,
     strip_wrappers,
     wrap_layers,
@@ -100,14 +101,9 @@ def cluster_weights(
         )
 
     model = to_cluster
-    check_model(model, "cluster_weights")
-    clustered = [layer.name for layer in wrappers_in(model, ClusterWeights)]
-    if clustered:
-        raise ValueError(
-            f"Model {model.name!r} is already clustered (ClusterWeights layers: "
-            f"{', '.join(clustered)}). Call strip_clustering first."
-        )
-    graph = ModelGraph(model)
+    graph = graph_to_wrap(
+        model, "cluster_weights", ClusterWeights, "clustered", "strip_clustering"
+    )
     if isinstance(number_of_clusters, dict):
         clusters = {name: check_clusters(k) for name, k in number_of_clusters.items()}
     else:

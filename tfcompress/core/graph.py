@@ -287,12 +287,18 @@ class ModelGraph:
         layers = []
         self._collect_layers(fn, (), layers)
         self._assign_names(layers)
-        self._expand(fn, tensor_map, (), None)
+        self._order = {}  # id(node) -> creation key, for the call indices
+        self._expand(fn, tensor_map, (), None, ())
         self.outputs = [tensor_map[id(kt)] for kt in fn.outputs]
         self.input_structure = _map_structure(lambda kt: tensor_map[id(kt)], fn.input)
         self.output_structure = _map_structure(lambda kt: tensor_map[id(kt)], fn.output)
-        for node in self.nodes:
-            node._calls = len(self._nodes_of[id(node.layer)])
+        # Calls of a layer are numbered in the order they were made (for a layer inside
+        # a nested model called twice: in the order of the nested model's calls).
+        for calls in self._nodes_of.values():
+            calls.sort(key=lambda node: self._order[id(node)])
+            for i, node in enumerate(calls):
+                node.call_index = i
+                node._calls = len(calls)
 
     # ----------------------------------------------------------------- construction
 
@@ -336,9 +342,10 @@ class ModelGraph:
             self._claimed_names.add(name)
             self._names[id(layer)] = name
 
-    def _expand(self, fn, tensor_map, path, training):
+    def _expand(self, fn, tensor_map, path, training, key):
         for kn in self._nodes_in_order(fn):
             op = kn.operation
+            node_key = key + (op._inbound_nodes.index(kn),)
 
             def graph_tensor(kt, op=op):
                 if id(kt) not in tensor_map:
@@ -364,7 +371,7 @@ class ModelGraph:
                 inner_training = kn.arguments.kwargs.get("training", training)
                 if inner_training is None:
                     inner_training = training
-                self._expand(inner, inner_map, path + (op.name,), inner_training)
+                self._expand(inner, inner_map, path + (op.name,), inner_training, node_key)
                 for outer_kt, inner_kt in zip(kn.outputs, inner.outputs):
                     tensor_map[id(outer_kt)] = inner_map[id(inner_kt)]
                 continue
@@ -377,6 +384,7 @@ class ModelGraph:
                 inputs, training,
             )
             calls.append(node)
+            self._order[id(node)] = node_key
             self.nodes.append(node)
             for tensor in inputs:
                 tensor.consumers.append(node)

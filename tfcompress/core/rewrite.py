@@ -104,20 +104,13 @@ class Rebuild:
     def call(self, node, args, kwargs):
         """The default for a node: its new layer called on the new arguments."""
         layer = self.layer(node.layer)
-        if node.training is not None and _takes_training(layer):
+        if node.training is not None and "training" not in kwargs and _takes_training(layer):
             kwargs = dict(kwargs, training=node.training)
         outputs = layer(*args, **kwargs)
         original = self._weights_due.pop(id(layer), None)
         if original is not None:
             layer.set_weights(original.get_weights())
         return outputs
-
-    def new_layers(self):
-        """{flat name of the original: new layer} of every layer made so far."""
-        return {self.graph.name_of(layer): new for layer, new in (
-            (layer, self._new[id(layer)]) for layer in self.graph.layers
-            if id(layer) in self._new
-        )}
 
 
 def _takes_training(layer):

@@ -21,12 +21,13 @@ import numpy as np
 from keras import ops
 
 from tfcompress.core import traits
-from tfcompress.core.graph import ModelGraph, all_layers
+from tfcompress.core.graph import ModelGraph, all_layers, check_model
 from tfcompress.core.rewrite import built_copy, rebuild
 
 __all__ = [
     "KernelWrapper",
     "check_layer_names",
+    "graph_to_wrap",
     "select_layers",
     "strip_wrappers",
     "to_numpy",
@@ -136,6 +137,30 @@ def wrappers_in(model_or_layer, wrapper_class):
         layer for layer in all_layers(model_or_layer, wrapped=False)
         if isinstance(layer, wrapper_class)
     ]
+
+
+def graph_to_wrap(model, what, wrapper_class, done, strip):
+    """The `ModelGraph` of a model about to be wrapped, after checking it can be.
+
+    Args:
+        model: the model received.
+        what: the caller's name ("prune_low_magnitude").
+        wrapper_class: the wrapper it adds; a model holding one already is refused.
+        done: what such a model is ("pruned").
+        strip: the function that removes the wrappers ("strip_pruning").
+
+    Raises:
+        ValueError: as `check_model`, or for a model that is already wrapped (the
+            wrapper layers are named).
+    """
+    check_model(model, what)
+    wrapped = [layer.name for layer in wrappers_in(model, wrapper_class)]
+    if wrapped:
+        raise ValueError(
+            f"Model {model.name!r} is already {done} ({wrapper_class.__name__} layers: "
+            f"{', '.join(wrapped)}). Call {strip} first."
+        )
+    return ModelGraph(model)
 
 
 def check_layer_names(graph, names):

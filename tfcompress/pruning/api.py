@@ -9,9 +9,10 @@ plain layers holding `W * mask`. Names and behaviour follow tfmot.
 import keras
 import numpy as np
 
-from tfcompress.core.graph import ModelGraph, all_layers, check_model
+from tfcompress.core.graph import all_layers, check_model
 from tfcompress.core.traits import has_kernels, kernel_layer_names, kernel_variables
 from tfcompress.core.wrapper import (
+    graph_to_wrap,
     select_layers,
     strip_wrappers,
     to_numpy,
@@ -92,14 +93,9 @@ def prune_low_magnitude(to_prune, pruning_schedule=None, sparsity_m_by_n=None, *
         raise ValueError(
             f"Layer arguments are for a single layer, not a model. Received: {sorted(kwargs)}"
         )
-    check_model(model, "prune_low_magnitude")
-    pruned = [layer.name for layer in wrappers_in(model, PruneLowMagnitude)]
-    if pruned:
-        raise ValueError(
-            f"Model {model.name!r} is already pruned (PruneLowMagnitude layers: "
-            f"{', '.join(pruned)}). Call strip_pruning first."
-        )
-    graph = ModelGraph(model)
+    graph = graph_to_wrap(
+        model, "prune_low_magnitude", PruneLowMagnitude, "pruned", "strip_pruning"
+    )
     if isinstance(pruning_schedule, dict):
         schedules = {
             name: deserialize_schedule(schedule) for name, schedule in pruning_schedule.items()

@@ -129,6 +129,9 @@ def quantize_model(
         role = quantization_role(original)
         if name in plan.absorbed:
             return args[0]
+        if node.training is not None and "training" not in kwargs:
+            # A nested model called with training=False (a frozen base): its QAT layers too.
+            kwargs = dict(kwargs, training=node.training)
         if name in plan.fused:
             bn, act, quantize_output = plan.fused[name]
             out = once(
@@ -185,7 +188,7 @@ def quantize_model(
                     quantize_in_training=act not in FIXED_RANGE_ACTIVATIONS,
                     init_range=init_range,
                 ),
-                (out,), {},
+                (out,), {} if node.training is None else {"training": node.training},
             )
         raise ValueError(
             f"Cannot quantize layer {name!r} of type {type(original).__name__}. "
