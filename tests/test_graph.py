@@ -202,7 +202,8 @@ def _modules():
         for name in sorted(files):
             if name.endswith(".py"):
                 path = os.path.join(root, name)
-                yield os.path.relpath(path, PACKAGE), open(path, encoding="utf-8").read()
+                with open(path, encoding="utf-8") as f:
+                    yield os.path.relpath(path, PACKAGE), f.read()
 
 
 def test_private_keras_attributes_are_read_in_the_graph_core_only():
