@@ -288,3 +288,26 @@ def test_subclassed_models_get_a_clear_error(entry):
     with pytest.raises(ValueError, match="subclassed"):
         entry(model)
 
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["multi_io_list", "multi_io_dict"])
+def test_post_training_int8_of_several_inputs_and_outputs(name):
+    keras.utils.set_random_seed(0)
+    model, _ = KINDS[name]()
+    x, _ = data_for(model, 64)
+    tflite = export.to_tflite(model, x)  # calibrated on the model's own input structure
+    report = export.verify(tflite, model, x)
+    assert len(report["outputs"]) == 2
+    for part, reference in zip(report["outputs"], keras.tree.flatten(model.predict(x, verbose=0))):
+        # PTQ is no QAT: within a few steps, on the outputs' own scales.
+        assert part["max_diff_steps"] <= 8, part
+        assert part["output_scale"] > 0 and reference.shape[0] == 64
+    runner = export.get_runner("litert")(tflite)
+    assert sorted(runner.input_names) == ["image", "meta"]
+    with pytest.raises(ValueError, match=r"has inputs \['image'\].*takes \['image', 'meta'\]"):
+        export.to_tflite(model, {"image": keras.tree.flatten(x)[0]})
+    with pytest.raises(ValueError, match="list of 1 arrays.*2 inputs"):
+        export.to_tflite(model, [keras.tree.flatten(x)[0]])
+    with pytest.raises(ValueError, match="takes 2 inputs.*list in that order or a dict"):
+        export.to_tflite(model, keras.tree.flatten(x)[0])

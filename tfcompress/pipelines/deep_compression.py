@@ -26,6 +26,7 @@ import keras
 import numpy as np
 
 from tfcompress import clustering, coding, datasets, pruning
+from tfcompress.core.graph import ModelGraph
 from tfcompress.core.traits import has_kernels
 
 __all__ = [
@@ -262,8 +263,9 @@ def _schedules(model, sparsity, end_step, frequency):
     if isinstance(sparsity, dict):
         targets = dict(sparsity)
     else:
+        graph = ModelGraph(model)  # nested models' layers by their flat names
         targets = {
-            layer.name: sparsity for layer in model.layers if has_kernels(layer)
+            graph.name_of(layer): sparsity for layer in graph.layers if has_kernels(layer)
         }
     return {
         name: pruning.PolynomialDecay(

@@ -130,7 +130,8 @@ def quantize_model(
         if name in plan.absorbed:
             return args[0]
         if node.training is not None and "training" not in kwargs:
-            # A nested model called with training=False (a frozen base): its QAT layers too.
+            # The training flag a nested model's call passed on (Keras applies it when the
+            # model is called without one) reaches the QAT layers too.
             kwargs = dict(kwargs, training=node.training)
         if name in plan.fused:
             bn, act, quantize_output = plan.fused[name]
