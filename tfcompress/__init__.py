@@ -5,13 +5,14 @@ Public API:
                AdderConv, AdderDense, BinaryConv, BinaryDense)
     models     reference models (lenet_300_100, lenet5, small_cnn, ghostnet, resnet20)
     datasets   load("digits" | "mnist" | "fashion_mnist", data_dir=None), random_shift
-    pruning    prune_low_magnitude, ConstantSparsity, PolynomialDecay, strip_pruning
+    pruning    prune_low_magnitude, ConstantSparsity, PolynomialDecay, strip_pruning;
+               prune_channels (channels removed for real), GroupLasso
+    analysis   profile, estimate_energy, sensitivity_analysis
     clustering cluster_weights (k-means weight sharing), strip_clustering
     quantization  quantize_model (QAT, BatchNorm folding), quantize_annotate_layer
     lowering   lower_model: composite layers as the standard layers they are made of
     coding     Huffman + sparse coding, save_compressed / load_compressed container
     export     to_tflite (int8 / dynamic / float16 / float32), run_tflite, verify
-    analysis   profile: per-layer parameters, multiply-adds, additions, bits
     pipelines  deep_compression: the prune -> cluster -> code pipeline (Han et al. 2016)
     core       the model graph, layer traits and rebuild helper every technique uses
 
@@ -36,11 +37,18 @@ from tfcompress import (
     pruning,
     quantization,
 )
-from tfcompress.analysis import count_layer, format_profile, profile, register_counter
+from tfcompress.analysis import (
+    count_layer,
+    estimate_energy,
+    format_profile,
+    profile,
+    register_counter,
+    sensitivity_analysis,
+)
 from tfcompress.clustering import cluster_weights, strip_clustering
 from tfcompress.coding import compression_report, load_compressed, save_compressed
 from tfcompress.export import to_tflite, verify
-from tfcompress.pruning import prune_low_magnitude, strip_pruning
+from tfcompress.pruning import prune_channels, prune_low_magnitude, strip_pruning
 from tfcompress.quantization import quantize_annotate_layer, quantize_model
 
 __all__ = [
@@ -54,6 +62,7 @@ __all__ = [
     "count_layer",
     "datasets",
     "deep_compression",
+    "estimate_energy",
     "export",
     "format_profile",
     "layers",
@@ -63,6 +72,7 @@ __all__ = [
     "pipelines",
     "profile",
     "profiling",
+    "prune_channels",
     "prune_low_magnitude",
     "pruning",
     "quantization",
@@ -70,6 +80,7 @@ __all__ = [
     "quantize_model",
     "register_counter",
     "save_compressed",
+    "sensitivity_analysis",
     "strip_clustering",
     "strip_pruning",
     "to_tflite",

@@ -1,6 +1,7 @@
 """Kept import path of `tfcompress.pipelines.deep_compression`."""
 
 from tfcompress.pipelines.deep_compression import (
+    AUTO_SPARSITIES,
     COSINE_ALPHA,
     DEFAULT_CLUSTERS,
     DEFAULT_SPARSITY,
@@ -15,6 +16,7 @@ from tfcompress.pipelines.deep_compression import (
 )
 
 __all__ = [
+    "AUTO_SPARSITIES",
     "COSINE_ALPHA",
     "DEFAULT_CLUSTERS",
     "DEFAULT_SPARSITY",

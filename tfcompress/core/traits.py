@@ -20,9 +20,10 @@ For every layer class, `layer_traits(layer)` answers, in one place:
   output has its input's int8 scale;
 - fields that a technique sets for its own use: `counter` (the profile's
   operation counter, `tfcompress.analysis.register_counter`), `lowering` (how
-  `tfcompress.lowering.lower_model` expands a composite layer) and
+  `tfcompress.lowering.lower_model` expands a composite layer),
   `quantization` (how `quantize_model` treats the layer: "weights",
-  "adder", "batchnorm", "output").
+  "adder", "batchnorm", "output") and `channels` (how structured pruning
+  follows and removes its channels: a `tfcompress.pruning.channels.ChannelHandler`).
 
 Lookups follow the class's MRO field by field: a subclass of Conv2D is weighted
 with a kernel unless it registers otherwise. A custom layer joins with
@@ -69,6 +70,7 @@ class LayerTraits:
         counter: `fn(layer, input_shape, output_shape) -> dict` for the profile.
         lowering: `fn(layer, inputs, name) -> outputs`, expanding a composite layer.
         quantization: one of `QUANTIZATION_ROLES`, or None.
+        channels: the structured-pruning handler of the layer type, or None.
     """
 
     kind: str = "other"
@@ -79,6 +81,7 @@ class LayerTraits:
     counter: object = None
     lowering: object = None
     quantization: str | None = None
+    channels: object = None
 
 
 _FIELDS = tuple(f.name for f in dataclasses.fields(LayerTraits))

@@ -30,6 +30,7 @@ from tfcompress.core.graph import ModelGraph
 from tfcompress.core.traits import has_kernels
 
 __all__ = [
+    "AUTO_SPARSITIES",
     "COSINE_ALPHA",
     "DEFAULT_CLUSTERS",
     "DEFAULT_SPARSITY",
@@ -64,6 +65,8 @@ MODEL_CLUSTERS = {
     "lenet5": DEFAULT_CLUSTERS,
 }
 LEARNING_RATE_DECAYS = ("cosine", "constant")
+# Sparsities a sparsity="auto" sensitivity analysis tries per layer.
+AUTO_SPARSITIES = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.85, 0.9, 0.95)
 # Cosine decay ends at this fraction of the initial learning rate.
 COSINE_ALPHA = 0.01
 
@@ -94,7 +97,15 @@ class DeepCompressionConfig:
 
     Attributes:
         sparsity: fraction of weights to prune, one float for every prunable
-            layer or a dict {layer name: fraction}; each in [0, 1).
+            layer or a dict {layer name: fraction}; each in [0, 1). Or "auto":
+            per-layer targets from a weight sensitivity analysis of the trained
+            model (`tfcompress.sensitivity_analysis`, measured on the last
+            `sensitivity_examples` training examples): each layer's largest
+            sparsity that costs at most `max_accuracy_drop` accuracy alone.
+        max_accuracy_drop: with sparsity="auto", the accuracy a layer may lose
+            (a fraction, 0.01 = one point).
+        sensitivity_examples: with sparsity="auto", how many training examples
+            (the last ones) the sensitivity analysis evaluates on.
         clusters: centroids per layer (int >= 2, or a dict {layer name: k}).
         cluster_init: "linear" (the paper's best), "density", "random" or "kmeans++".
         prune_epochs: epochs during which sparsity rises from 0 to the target.
@@ -126,6 +137,8 @@ class DeepCompressionConfig:
     augment_shift: int = 0
     index_bits: object = None
     seed: int = 0
+    max_accuracy_drop: float = 0.01
+    sensitivity_examples: int = 2000
 
     def __post_init__(self):
         for name in ("prune_epochs", "retrain_epochs", "finetune_epochs", "augment_shift"):
@@ -143,6 +156,27 @@ class DeepCompressionConfig:
             if not isinstance(value, numbers.Real) or not value > 0:
                 raise ValueError(f"`{name}` must be > 0. Received: {name}={value!r}")
         _check_decay(self.learning_rate_decay)
+        if (isinstance(self.max_accuracy_drop, bool)
+                or not isinstance(self.max_accuracy_drop, numbers.Real)
+                or not self.max_accuracy_drop >= 0):
+            raise ValueError(
+                "`max_accuracy_drop` must be a number >= 0. "
+                f"Received: max_accuracy_drop={self.max_accuracy_drop!r}"
+            )
+        if (isinstance(self.sensitivity_examples, bool)
+                or not isinstance(self.sensitivity_examples, numbers.Integral)
+                or self.sensitivity_examples < 1):
+            raise ValueError(
+                "`sensitivity_examples` must be a positive integer. "
+                f"Received: sensitivity_examples={self.sensitivity_examples!r}"
+            )
+        if isinstance(self.sparsity, str):
+            if self.sparsity != "auto":
+                raise ValueError(
+                    "`sparsity` must be a fraction in [0, 1), a dict {layer: fraction} or "
+                    f"'auto'. Received: sparsity={self.sparsity!r}"
+                )
+            return
         fractions = self.sparsity.values() if isinstance(self.sparsity, dict) else [self.sparsity]
         for value in fractions:
             if isinstance(value, bool) or not isinstance(value, numbers.Real) or not (
@@ -165,6 +199,8 @@ class DeepCompressionResult:
         report: `tfcompress.coding.CompressionReport` of `model`.
         sparsity: per-kernel sparsity of `model` (`pruning.sparsity_report`).
         seconds: wall time of each stage.
+        sensitivity: with sparsity="auto", the `SensitivityResult` the per-layer
+            targets came from (else None).
     """
 
     model: keras.Model
@@ -173,6 +209,7 @@ class DeepCompressionResult:
     report: object
     sparsity: list
     seconds: dict
+    sensitivity: object = None
 
 
 def _evaluate(model, data, batch_size=512):
@@ -316,7 +353,19 @@ def run(model, train, test, config=None, verbose=1):
     start = time.perf_counter()
     steps_per_epoch = int(np.ceil(len(x_train) / config.batch_size))
     end_step = max(1, steps_per_epoch * config.prune_epochs - 1)
-    schedules = _schedules(model, config.sparsity, end_step, max(1, steps_per_epoch // 4))
+    sparsity, sensitivity = config.sparsity, None
+    if sparsity == "auto":
+        from tfcompress.analysis.sensitivity import sensitivity_analysis
+
+        held = slice(max(0, len(x_train) - config.sensitivity_examples), None)
+        sensitivity = sensitivity_analysis(
+            model, (x_train[held], y_train[held]), granularity="weight",
+            sparsities=AUTO_SPARSITIES, verbose=1 if verbose == 1 else 0,
+        )
+        sparsity = sensitivity.sparsities_for(config.max_accuracy_drop)
+        say("  per-layer sparsity from the sensitivity analysis (drop <= "
+            f"{config.max_accuracy_drop}): " + ", ".join(f"{k} {v:.2f}" for k, v in sparsity.items()))
+    schedules = _schedules(model, sparsity, end_step, max(1, steps_per_epoch // 4))
     epochs = config.prune_epochs + config.retrain_epochs if schedules else 0
     if schedules:
         pruned = pruning.prune_low_magnitude(model, pruning_schedule=schedules)
@@ -363,4 +412,5 @@ def run(model, train, test, config=None, verbose=1):
         report=report,
         sparsity=pruning.sparsity_report(compressed),
         seconds=seconds,
+        sensitivity=sensitivity,
     )

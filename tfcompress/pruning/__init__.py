@@ -3,7 +3,9 @@
 Modules: `schedules` (ConstantSparsity, PolynomialDecay), `masks` (the NumPy
 masks), `wrapper` (PruneLowMagnitude), `api` (prune_low_magnitude,
 strip_pruning, reports), `callbacks` (UpdatePruningStep, PruningSummaries,
-Pruner).
+Pruner); structured pruning that removes channels for real in `channels`
+(channel_groups, channel_importance, prune_channels) and sparsity training in
+`regularizers` (GroupLasso, with_regularizer).
 
 Han, Pool, Tran, Dally. "Learning both Weights and Connections for Efficient
 Neural Networks", NeurIPS 2015: train, remove the connections whose weights have
@@ -63,7 +65,15 @@ from tfcompress.pruning.api import (
     strip_pruning,
 )
 from tfcompress.pruning.callbacks import Pruner, PruningSummaries, UpdatePruningStep
+from tfcompress.pruning.channels import (
+    ChannelGroup,
+    ChannelPruningReport,
+    channel_groups,
+    channel_importance,
+    prune_channels,
+)
 from tfcompress.pruning.masks import m_by_n_mask, magnitude_mask
+from tfcompress.pruning.regularizers import GroupLasso, with_regularizer
 from tfcompress.pruning.schedules import (
     ConstantSparsity,
     PolynomialDecay,
@@ -72,17 +82,24 @@ from tfcompress.pruning.schedules import (
 from tfcompress.pruning.wrapper import PruneLowMagnitude
 
 __all__ = [
+    "ChannelGroup",
+    "ChannelPruningReport",
     "ConstantSparsity",
+    "GroupLasso",
     "PolynomialDecay",
     "PruneLowMagnitude",
     "Pruner",
     "PruningSchedule",
     "PruningSummaries",
     "UpdatePruningStep",
+    "channel_groups",
+    "channel_importance",
     "get_pruning_masks",
     "m_by_n_mask",
     "magnitude_mask",
+    "prune_channels",
     "prune_low_magnitude",
     "sparsity_report",
     "strip_pruning",
+    "with_regularizer",
 ]

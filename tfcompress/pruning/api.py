@@ -6,12 +6,15 @@ weight matrices wrapped in `PruneLowMagnitude`; `strip_pruning` rebuilds it with
 plain layers holding `W * mask`. Names and behaviour follow tfmot.
 """
 
+import numbers
+
 import keras
 import numpy as np
 
 from tfcompress.core.graph import all_layers, check_model
 from tfcompress.core.traits import has_kernels, kernel_layer_names, kernel_variables
 from tfcompress.core.wrapper import (
+    check_layer_names,
     graph_to_wrap,
     select_layers,
     strip_wrappers,
@@ -20,7 +23,11 @@ from tfcompress.core.wrapper import (
     wrappers_in,
 )
 from tfcompress.pruning.masks import check_m_by_n
-from tfcompress.pruning.schedules import ConstantSparsity, deserialize_schedule
+from tfcompress.pruning.schedules import (
+    ConstantSparsity,
+    check_sparsity,
+    deserialize_schedule,
+)
 from tfcompress.pruning.wrapper import PruneLowMagnitude, unsupported_layer_error
 
 __all__ = ["get_pruning_masks", "prune_low_magnitude", "sparsity_report", "strip_pruning"]
@@ -44,8 +51,10 @@ def prune_low_magnitude(to_prune, pruning_schedule=None, sparsity_m_by_n=None, *
             become layers of it), shared layers stay shared.
         pruning_schedule: a `PruningSchedule` for every supported layer
             (default `ConstantSparsity(0.5, 0)`), or, for a model, a dict
-            {layer name: PruningSchedule} pruning only the named layers (the
-            others stay dense).
+            {layer name: PruningSchedule or fraction} pruning only the named
+            layers (the others stay dense); a fraction f means
+            `ConstantSparsity(f, 0)` (0: dense), so a sensitivity analysis'
+            `sparsities_for(max_drop)` can be passed as it is.
         sparsity_m_by_n: None, or (m, n) with 0 < m < n: m zeros in every n
             consecutive weights along the input-channel axis (tfmot's meaning;
             (2, 4) is NVIDIA 2:4).
@@ -97,9 +106,12 @@ def prune_low_magnitude(to_prune, pruning_schedule=None, sparsity_m_by_n=None, *
         model, "prune_low_magnitude", PruneLowMagnitude, "pruned", "strip_pruning"
     )
     if isinstance(pruning_schedule, dict):
+        check_layer_names(graph, pruning_schedule)
         schedules = {
-            name: deserialize_schedule(schedule) for name, schedule in pruning_schedule.items()
+            name: _schedule_or_fraction(name, schedule)
+            for name, schedule in pruning_schedule.items()
         }
+        schedules = {name: s for name, s in schedules.items() if s is not None}
     else:
         schedules = deserialize_schedule(
             ConstantSparsity(0.5, 0) if pruning_schedule is None else pruning_schedule
@@ -116,6 +128,15 @@ def prune_low_magnitude(to_prune, pruning_schedule=None, sparsity_m_by_n=None, *
             layer, schedule, sparsity_m_by_n))
         for name, schedule in per_layer.items()
     })
+
+
+def _schedule_or_fraction(name, value):
+    """A schedule, or for a plain fraction (a sensitivity analysis' `sparsities_for`)
+    `ConstantSparsity(fraction, 0)`; None for 0 (the layer stays dense)."""
+    if isinstance(value, numbers.Real) and not isinstance(value, bool):
+        fraction = check_sparsity(f"pruning_schedule[{name!r}]", value)
+        return ConstantSparsity(fraction, 0) if fraction > 0 else None
+    return deserialize_schedule(value)
 
 
 def strip_pruning(model):
