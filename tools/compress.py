@@ -5,6 +5,13 @@ Stages: train -> profile -> evaluate -> save `.keras` -> export float `.tflite`
 BatchNorm folding, or post-training calibration) -> integer-only int8 `.tflite`
 -> verify the int8 file against the Keras model it came from -> report.
 
+With `--recipe=channel_pruning` the stages after training are structured
+pruning's: optional sparsity training (group lasso on the kernels, or L1 on
+BatchNorm's gamma for Network Slimming) -> `prune_channels` to a target share of
+the multiply-adds (or a sparsity) by a criterion -> fine-tuning -> int8 export ->
+a before/after table (params, MACs, accuracy, file sizes, LiteRT latency), a JSON
+report and PNGs of the channels kept per group and of every stage's training.
+
 With `--recipe=deep_compression` the stages after training are Deep
 Compression's (Han et al., ICLR 2016): prune with retraining -> k-means weight
 sharing with centroid fine-tuning -> Huffman-coded container (reloaded and
@@ -18,6 +25,9 @@ Usage:
     python tools/compress.py --model=resnet20 --conv=adder --epochs=5
     python tools/compress.py --model=lenet5 --dataset=mnist --data_dir=/path/to/npz
     python tools/compress.py --quantize=ptq          # int8 by calibration, no fine-tuning
+    python tools/compress.py --recipe=channel_pruning --criterion=fpgm --target_macs=0.5
+    python tools/compress.py --recipe=channel_pruning --load=out/small_cnn.keras \
+        --sparsity_training=bn_l1 --criterion=bn_scale
 """
 
 import json
@@ -58,9 +68,30 @@ flags.DEFINE_float("qat_learning_rate", 1e-4, "QAT fine-tuning Adam learning rat
                    lower_bound=0.0)
 flags.DEFINE_integer("calibration_examples", 200, "Training inputs used to calibrate int8.",
                      lower_bound=1)
-flags.DEFINE_enum("recipe", "default", ("default", "deep_compression"),
+flags.DEFINE_enum("recipe", "default", ("default", "deep_compression", "channel_pruning"),
                   "default: train, export, quantize. deep_compression: prune, share "
-                  "weights, Huffman-code, then export int8.")
+                  "weights, Huffman-code, then export int8. channel_pruning: remove "
+                  "channels (a smaller, faster model), fine-tune, export int8.")
+flags.DEFINE_string("load", None, "A trained .keras model to start from instead of training "
+                    "(--model and --epochs are then not used).")
+flags.DEFINE_enum("criterion", "l1", ("l1", "l2", "fpgm", "bn_scale", "taylor", "dcp", "random"),
+                  "channel_pruning: how channels are scored.")
+flags.DEFINE_float("target_macs", 0.5, "channel_pruning: fraction of the multiply-adds to keep "
+                   "(ignored with --channel_sparsity).", lower_bound=0.0, upper_bound=1.0)
+flags.DEFINE_float("channel_sparsity", None, "channel_pruning: fraction of the channels of "
+                   "every group to remove instead of a MACs target.", lower_bound=0.0,
+                   upper_bound=0.999)
+flags.DEFINE_integer("round_to", 1, "channel_pruning: keep multiples of this many channels.",
+                     lower_bound=1)
+flags.DEFINE_enum("sparsity_training", "none", ("none", "group_lasso", "bn_l1"),
+                  "channel_pruning: train first with group lasso on the kernels or L1 on "
+                  "BatchNorm's gamma (Network Slimming).")
+flags.DEFINE_float("sparsity_strength", 1e-4, "channel_pruning: strength of the sparsity "
+                   "penalty.", lower_bound=0.0)
+flags.DEFINE_integer("sparsity_epochs", 3, "channel_pruning: epochs of sparsity training.",
+                     lower_bound=0)
+flags.DEFINE_integer("importance_examples", 512, "channel_pruning: training examples the "
+                     "taylor / dcp criteria score with.", lower_bound=1)
 flags.DEFINE_float("sparsity", None, "deep_compression: fraction of weights pruned in every "
                    "layer (default: tuned per-layer targets for the LeNets, else 0.9).",
                    lower_bound=0.0, upper_bound=0.999)
@@ -72,8 +103,8 @@ flags.DEFINE_integer("prune_epochs", 4, "deep_compression: epochs to reach the s
                      lower_bound=0)
 flags.DEFINE_integer("retrain_epochs", 8, "deep_compression: retraining epochs at the sparsity.",
                      lower_bound=0)
-flags.DEFINE_integer("finetune_epochs", 3, "deep_compression: centroid fine-tuning epochs.",
-                     lower_bound=0)
+flags.DEFINE_integer("finetune_epochs", 3, "deep_compression: centroid fine-tuning epochs; "
+                     "channel_pruning: fine-tuning epochs after pruning.", lower_bound=0)
 flags.DEFINE_enum("lr_decay", "cosine", ("cosine", "constant"),
                   "deep_compression: learning rate of each stage, cosine decay to 1% or constant.")
 flags.DEFINE_integer("augment_shift", 0, "deep_compression: move each training image by a random "
@@ -132,29 +163,48 @@ def main(argv):
     num_classes = int(max(y_train.max(), y_test.max())) + 1
     print(f"      train {x_train.shape}, test {x_test.shape}, {num_classes} classes")
 
-    print(f"[2/7] model: {stem}")
-    model = build_model(FLAGS.model, x_train.shape[1:], num_classes, FLAGS.conv, FLAGS.width)
+    if FLAGS.load:
+        if not os.path.isfile(FLAGS.load):
+            raise app.UsageError(f"--load={FLAGS.load}: no such file.")
+        import tfcompress  # noqa: F401  (registers the tfcompress layers)
+
+        model = keras.saving.load_model(FLAGS.load)
+        stem = os.path.splitext(os.path.basename(FLAGS.load))[0]
+        print(f"[2/7] model: loaded {FLAGS.load}")
+    else:
+        print(f"[2/7] model: {stem}")
+        model = build_model(FLAGS.model, x_train.shape[1:], num_classes, FLAGS.conv, FLAGS.width)
     prof = profiling.profile(model)
     print(profiling.format_profile(prof))
 
-    print(f"[3/7] train: {FLAGS.epochs} epochs")
-    model.compile(
-        optimizer=keras.optimizers.Adam(FLAGS.learning_rate),
-        loss="sparse_categorical_crossentropy",
-        metrics=["accuracy"],
-    )
-    start = time.perf_counter()
-    history = model.fit(
-        x_train, y_train,
-        batch_size=FLAGS.batch_size,
-        epochs=FLAGS.epochs,
-        validation_split=0.1,
-        verbose=2,
-    ).history
-    train_seconds = time.perf_counter() - start
+    history = {}
+    if FLAGS.load:
+        print("[3/7] train: skipped (--load)")
+        model.compile(optimizer=keras.optimizers.Adam(FLAGS.learning_rate),
+                      loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+        train_seconds = 0.0
+    else:
+        print(f"[3/7] train: {FLAGS.epochs} epochs")
+        model.compile(
+            optimizer=keras.optimizers.Adam(FLAGS.learning_rate),
+            loss="sparse_categorical_crossentropy",
+            metrics=["accuracy"],
+        )
+        start = time.perf_counter()
+        history = model.fit(
+            x_train, y_train,
+            batch_size=FLAGS.batch_size,
+            epochs=FLAGS.epochs,
+            validation_split=0.1,
+            verbose=2,
+        ).history
+        train_seconds = time.perf_counter() - start
     test_loss, test_acc = model.evaluate(x_test, y_test, batch_size=256, verbose=0)
     print(f"      test accuracy {test_acc:.4f} (loss {test_loss:.4f}) after {train_seconds:.1f} s")
 
+    if FLAGS.recipe == "channel_pruning":
+        channel_pruning_stage(model, stem, (x_train, y_train), (x_test, y_test), history)
+        return
     if FLAGS.recipe == "deep_compression":
         deep_compression_stage(model, stem, (x_train, y_train), (x_test, y_test), history)
         return
@@ -180,6 +230,7 @@ def main(argv):
     tflite_acc = float((lite_probs.argmax(-1) == y_test).mean())
 
     int8 = quantize_stage(model, stem, x_train, y_train, x_test, y_test)
+    int8.pop("history", None)
 
     plot_path = os.path.join(FLAGS.output_dir, stem + "_training.png")
     plotted = plot_history(history, plot_path)
@@ -415,6 +466,225 @@ def deep_compression_stage(model, stem, train, test, history):
           + (f", {stem}_weights.png, {stem}_sparsity.png, {stem}_training.png" if plotted else ""))
 
 
+def plot_channels(report, title, path):
+    """Bar chart of the channels of every prunable group, before and kept; False
+    without matplotlib."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return False
+    groups = [g for g in report.groups if g["prunable"]]
+    names = [g["name"] for g in groups]
+    fig, ax = plt.subplots(figsize=(max(6, 0.45 * len(names) + 2), 4.5))
+    positions = range(len(names))
+    ax.bar(positions, [g["channels"] for g in groups], color="lightgray", label="before")
+    ax.bar(positions, [g["kept"] for g in groups], color="tab:blue", label="kept")
+    ax.set_xticks(list(positions))
+    ax.set_xticklabels(names, rotation=60, ha="right", fontsize=7)
+    ax.set_ylabel("channels")
+    ax.set_title(title)
+    ax.legend()
+    ax.grid(axis="y", alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return True
+
+
+def plot_stages(stages, title, path):
+    """Loss and accuracy of every training stage, one after the other (epochs from 1);
+    False without matplotlib or without any epoch."""
+    stages = {name: h for name, h in stages.items() if h and h.get("loss")}
+    if not stages:
+        return False
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return False
+    fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(11, 4))
+    start = 0
+    for name, history in stages.items():
+        epochs = range(start + 1, start + 1 + len(history["loss"]))
+        for ax, key in ((ax_loss, "loss"), (ax_acc, "accuracy")):
+            if key in history:
+                ax.plot(epochs, history[key], marker="o", markersize=3, label=f"{name} (train)")
+            if "val_" + key in history:
+                ax.plot(epochs, history["val_" + key], linestyle="--", label=f"{name} (val)")
+        start += len(history["loss"])
+        for ax in (ax_loss, ax_acc):
+            ax.axvline(start + 0.5, color="gray", linewidth=0.5)
+    for ax, label in ((ax_loss, "loss"), (ax_acc, "accuracy")):
+        ax.set_xlabel("epoch (all stages)")
+        ax.set_ylabel(label)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return True
+
+
+def _save_keras(model, path):
+    tmp = path[: -len(".keras")] + ".partial.keras"
+    try:
+        model.save(tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def channel_pruning_stage(model, stem, train, test, history):
+    """Sparsity training (optional) -> prune channels -> fine-tune -> int8, and report."""
+    import keras
+    import numpy as np
+
+    from tfcompress import export, profiling, pruning
+
+    x_train, y_train = train
+    x_test, y_test = test
+    stages = {"float training": history}
+
+    def compiled(m, learning_rate):
+        m.compile(optimizer=keras.optimizers.Adam(learning_rate),
+                  loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+        return m
+
+    base = model
+    if FLAGS.sparsity_training != "none" and FLAGS.sparsity_epochs:
+        if FLAGS.sparsity_training == "group_lasso":
+            regularizer, target = pruning.GroupLasso(FLAGS.sparsity_strength), "kernel"
+        else:
+            regularizer, target = keras.regularizers.L1(FLAGS.sparsity_strength), "gamma"
+        print(f"[4/7] sparsity training: {FLAGS.sparsity_training} "
+              f"(strength {FLAGS.sparsity_strength}) for {FLAGS.sparsity_epochs} epochs")
+        base = compiled(pruning.with_regularizer(model, regularizer, target), FLAGS.learning_rate)
+        stages["sparsity training"] = base.fit(
+            x_train, y_train, batch_size=FLAGS.batch_size, epochs=FLAGS.sparsity_epochs,
+            validation_split=0.1, verbose=2).history
+    else:
+        print("[4/7] sparsity training: none")
+    data = None
+    if FLAGS.criterion in ("taylor", "dcp"):
+        data = (x_train[: FLAGS.importance_examples], y_train[: FLAGS.importance_examples])
+    if FLAGS.channel_sparsity is not None:
+        goal, target = f"sparsity {FLAGS.channel_sparsity}", None
+    else:
+        goal, target = f"{FLAGS.target_macs} of the MACs", {"macs": FLAGS.target_macs}
+    print(f"[5/7] prune channels: criterion {FLAGS.criterion}, keep {goal}")
+    try:
+        pruned = pruning.prune_channels(
+            base, FLAGS.channel_sparsity, criterion=FLAGS.criterion, target=target, data=data,
+            round_to=FLAGS.round_to, seed=FLAGS.seed,
+        )
+    except ValueError as error:
+        raise SystemExit(f"channel pruning failed: {error}") from None
+    report = pruned.channel_pruning_report
+    print(report)
+    acc_pruned = float(compiled(pruned, FLAGS.learning_rate).evaluate(
+        x_test, y_test, batch_size=256, verbose=0)[1])
+    print(f"      test accuracy right after pruning: {acc_pruned:.4f}")
+    print(f"[6/7] fine-tune: {FLAGS.finetune_epochs} epochs")
+    if FLAGS.finetune_epochs:
+        stages["fine-tune"] = pruned.fit(
+            x_train, y_train, batch_size=FLAGS.batch_size, epochs=FLAGS.finetune_epochs,
+            validation_split=0.1, verbose=2).history
+    acc_after = float(pruned.evaluate(x_test, y_test, batch_size=256, verbose=0)[1])
+    acc_before = float(model.evaluate(x_test, y_test, batch_size=256, verbose=0)[1])
+    keras_path = os.path.join(FLAGS.output_dir, stem + "_pruned.keras")
+    _save_keras(pruned, keras_path)
+    int8 = quantize_stage(pruned, stem + "_pruned", x_train, y_train, x_test, y_test)
+    if int8.get("history"):
+        stages["QAT"] = int8.pop("history")
+
+    calibration = x_train[: FLAGS.calibration_examples]
+    files = {"before": {"float": export.to_tflite(model, mode="float32")},
+             "after": {"float": export.to_tflite(pruned, mode="float32")}}
+    try:
+        files["before"]["int8"] = export.to_tflite(model, calibration)
+    except ValueError:
+        pass
+    if int8.get("path"):
+        with open(int8["path"], "rb") as f:
+            files["after"]["int8"] = f.read()
+    for side, kinds in files.items():
+        for kind, blob in kinds.items():
+            path = os.path.join(FLAGS.output_dir, f"{stem}{'_pruned' if side == 'after' else ''}"
+                                f"_{kind}.tflite")
+            if not (side == "after" and kind == "int8"):
+                write_atomic(path, blob)
+    latency = {side: {kind: export.measure_latency(blob, runs=100)["median_ms"]
+                      for kind, blob in kinds.items()} for side, kinds in files.items()}
+    before_prof, after_prof = profiling.profile(model)["total"], profiling.profile(pruned)["total"]
+
+    def ratio(a, b):
+        return f"{b / a:.3f}x" if a else "-"
+
+    rows = [("", "before", "after", "after / before")]
+    for label, a, b in (
+        ("parameters", before_prof["params"], after_prof["params"]),
+        ("multiply-adds / example", before_prof["macs"], after_prof["macs"]),
+        ("float .tflite bytes", len(files["before"]["float"]), len(files["after"]["float"])),
+        ("int8 .tflite bytes", len(files["before"].get("int8", b"")),
+         len(files["after"].get("int8", b""))),
+    ):
+        rows.append((label, f"{a:,}", f"{b:,}", ratio(a, b)))
+    rows.append(("Keras test accuracy", f"{acc_before:.4f}", f"{acc_after:.4f}",
+                 f"{100 * (acc_after - acc_before):+.2f} pt"))
+    if int8.get("test_accuracy") is not None:
+        rows.append(("int8 .tflite test accuracy", "-", f"{int8['test_accuracy']:.4f}", ""))
+    for kind in ("float", "int8"):
+        a, b = latency["before"].get(kind), latency["after"].get(kind)
+        if a is not None and b is not None:
+            rows.append((f"LiteRT {kind} latency, batch 1 (ms)", f"{a:.3f}", f"{b:.3f}",
+                         ratio(a, b)))
+    widths = [max(len(row[i]) for row in rows) for i in range(4)]
+    print()
+    for row in rows:
+        print("  " + "  ".join(cell.ljust(w) if i == 0 else cell.rjust(w)
+                               for i, (cell, w) in enumerate(zip(row, widths))))
+
+    title = (f"{stem} on {FLAGS.dataset}: {FLAGS.criterion}, MACs "
+             f"{before_prof['macs']:,} -> {after_prof['macs']:,}")
+    channels_png = os.path.join(FLAGS.output_dir, stem + "_channels.png")
+    stages_png = os.path.join(FLAGS.output_dir, stem + "_training.png")
+    plotted = [p for p, ok in ((channels_png, plot_channels(report, title, channels_png)),
+                               (stages_png, plot_stages(stages, f"{stem} on {FLAGS.dataset}: "
+                                                        "training of every stage", stages_png)))
+               if ok]
+    summary = {
+        "model": stem,
+        "recipe": "channel_pruning",
+        "dataset": FLAGS.dataset,
+        "criterion": FLAGS.criterion,
+        "target": target, "channel_sparsity": FLAGS.channel_sparsity,
+        "sparsity_training": FLAGS.sparsity_training,
+        "accuracy": {"before": acc_before, "pruned": acc_pruned, "fine_tuned": acc_after},
+        "params": {"before": before_prof["params"], "after": after_prof["params"]},
+        "macs": {"before": before_prof["macs"], "after": after_prof["macs"]},
+        "bytes": {side: {k: len(v) for k, v in kinds.items()} for side, kinds in files.items()},
+        "latency_ms": latency,
+        "groups": report.groups,
+        "int8": int8,
+        "files": {"keras": keras_path, "plots": plotted},
+    }
+    write_atomic(os.path.join(FLAGS.output_dir, stem + "_report.json"),
+                 json.dumps(summary, indent=2, default=lambda v: np.asarray(v).tolist()))
+    print(f"\nwrote {FLAGS.output_dir}/: {os.path.basename(keras_path)}, "
+          f"{stem}_float.tflite, {stem}_pruned_float.tflite, "
+          + (f"{os.path.basename(int8['path'])}, " if int8.get("path") else "")
+          + f"{stem}_report.json" + "".join(f", {os.path.basename(p)}" for p in plotted))
+    if "error" in int8:
+        raise SystemExit(f"int8 stage failed: {int8['error']}")
+
+
 def quantize_stage(model, stem, x_train, y_train, x_test, y_test):
     """QAT or PTQ to an integer-only int8 .tflite, verified against Keras; a report dict."""
     import keras
@@ -434,8 +704,8 @@ def quantize_stage(model, stem, x_train, y_train, x_test, y_test):
                 loss="sparse_categorical_crossentropy",
                 metrics=["accuracy"],
             )
-            reference.fit(x_train, y_train, batch_size=FLAGS.batch_size,
-                          epochs=FLAGS.qat_epochs, verbose=2)
+            qat_history = reference.fit(x_train, y_train, batch_size=FLAGS.batch_size,
+                                        epochs=FLAGS.qat_epochs, verbose=2).history
             qat_path = os.path.join(FLAGS.output_dir, stem + "_qat.keras")
             reference.save(qat_path)
         else:
@@ -452,8 +722,11 @@ def quantize_stage(model, stem, x_train, y_train, x_test, y_test):
     print(f"      int8 test accuracy {accuracy:.4f}; vs Keras: "
           f"{parity.get('within_1_step', 0):.4f} of outputs within 1 step, "
           f"argmax agreement {parity['argmax_agreement']:.4f}")
-    return {"mode": FLAGS.quantize, "path": path, "bytes": len(tflite),
-            "test_accuracy": accuracy, "parity": parity}
+    result = {"mode": FLAGS.quantize, "path": path, "bytes": len(tflite),
+              "test_accuracy": accuracy, "parity": parity}
+    if FLAGS.quantize == "qat":
+        result["history"] = qat_history
+    return result
 
 
 if __name__ == "__main__":

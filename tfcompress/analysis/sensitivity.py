@@ -37,9 +37,15 @@ DEFAULT_SPARSITIES = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
 def accuracy(model, data, batch_size=256):
     """Top-1 accuracy of a classifier on (x, y): argmax of the output equals the label."""
     x, y = data
-    predictions = model.predict(x, batch_size=batch_size, verbose=0)
-    predictions = keras.tree.flatten(predictions)[0]
-    return float(np.mean(np.argmax(predictions, axis=-1) == np.asarray(y).reshape(-1)))
+    count = len(keras.tree.flatten(x)[0])
+    correct = 0
+    for start in range(0, count, batch_size):  # direct calls: no predict function to trace
+        stop = start + batch_size
+        chunk = keras.tree.map_structure(lambda a, a0=start, a1=stop: a[a0:a1], x)
+        out = keras.tree.flatten(model(chunk, training=False))[0]
+        labels = np.asarray(y[start:stop]).reshape(-1)
+        correct += int(np.sum(np.argmax(np.asarray(out), axis=-1) == labels))
+    return correct / count
 
 
 @dataclasses.dataclass
@@ -93,8 +99,13 @@ class SensitivityResult:
     def to_dict(self):
         return dataclasses.asdict(self)
 
-    def plot(self, path):
-        """Writes a PNG: the metric against sparsity, one line per name, the baseline dashed."""
+    def plot(self, path, title=None):
+        """Writes a PNG: the metric against sparsity, one line per name, the baseline dashed.
+
+        Args:
+            path: the PNG file.
+            title: the plot's title (default: the model, granularity and "no retraining").
+        """
         import matplotlib
 
         matplotlib.use("Agg")
@@ -108,7 +119,7 @@ class SensitivityResult:
         unit = "channels" if self.granularity == "channel" else "weights"
         ax.set_xlabel(f"sparsity (fraction of the {unit} removed)")
         ax.set_ylabel(self.metric)
-        ax.set_title(f"{self.model}: {self.granularity} sensitivity (no retraining)")
+        ax.set_title(title or f"{self.model}: {self.granularity} sensitivity (no retraining)")
         ax.grid(alpha=0.3)
         if len(self.curves) <= 24:
             ax.legend(fontsize=7, ncol=2 if len(self.curves) > 12 else 1)

@@ -1,11 +1,13 @@
 """Export Keras 3 models to TFLite and check the file against Keras.
 
 Modules: `convert` (to_tflite), `checks` (check_integer_only), `runners` (the
-runtime interface, LiteRT behind it, run_tflite), `verify` (file vs Keras).
+runtime interface, LiteRT behind it, run_tflite), `verify` (file vs Keras),
+`latency` (measure_latency: LiteRT batch latency on random inputs).
 """
 
 from tfcompress.export.checks import check_integer_only
 from tfcompress.export.convert import MODES, to_tflite
+from tfcompress.export.latency import measure_latency
 from tfcompress.export.runners import (
     LiteRTRunner,
     Runner,
@@ -21,6 +23,7 @@ __all__ = [
     "Runner",
     "check_integer_only",
     "get_runner",
+    "measure_latency",
     "register_runner",
     "run_tflite",
     "to_tflite",

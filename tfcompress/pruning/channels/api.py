@@ -120,11 +120,10 @@ def channel_importance(model, criterion, data=None, *, loss=None, batch_size=64,
         ValueError: for an unknown criterion, a data criterion without data, or a
             model `channel_groups` refuses.
     """
-    check_criterion(criterion, data)
-    analysis = analyze_channels(model, "channel_importance")
-    scores = scores_by_class(analysis, criterion, data, loss=loss, batch_size=batch_size,
-                             max_batches=max_batches, dcp_rounds=dcp_rounds, seed=seed)
-    return _group_scores(analysis, scores)
+    pruner = ChannelPruner(model, criterion, data, loss=loss, batch_size=batch_size,
+                           max_batches=max_batches, dcp_rounds=dcp_rounds, seed=seed,
+                           what="channel_importance")
+    return _group_scores(pruner.analysis, pruner.scores)
 
 
 @dataclasses.dataclass
@@ -240,6 +239,8 @@ class ChannelPruner:
         self.criterion = check_criterion(criterion, data)
         self.model = model
         self.analysis = analyze_channels(model, what)
+        if loss is None and not isinstance(getattr(model, "loss", None), (list, dict)):
+            loss = getattr(model, "loss", None)  # the copy analysed is not compiled
         self.scores = scores_by_class(
             self.analysis, criterion, data, loss=loss, batch_size=batch_size,
             max_batches=max_batches, dcp_rounds=dcp_rounds, seed=seed,
@@ -301,8 +302,8 @@ class ChannelPruner:
 
 
 def prune_channels(model, sparsity=None, *, criterion="l1", target=None, data=None,
-                   round_to=1, exclude=(), loss=None, batch_size=64, max_batches=8,
-                   dcp_rounds=4, seed=0):
+                   round_to=1, exclude=(), max_sparsity=0.9, loss=None, batch_size=64,
+                   max_batches=8, dcp_rounds=4, seed=0):
     """A new, smaller model with the lowest-scored channels of each group removed.
 
     Args:
@@ -316,11 +317,16 @@ def prune_channels(model, sparsity=None, *, criterion="l1", target=None, data=No
         target: instead of `sparsity`, {"macs": f} or {"energy": f}: keep the
             fraction f of the model's multiply-adds or estimated energy (energy-aware
             pruning, Yang et al. 2017), removing channels greedily where the score
-            lost per unit of cost saved is smallest (scores normalized per group).
+            lost per unit of cost saved is smallest: a channel's score against its
+            group's mean score per layer the group spans (Taylor scores as they are),
+            divided by the square of the fraction of channels the group still keeps,
+            so that no layer is emptied.
         data: labelled examples (x, y) for "taylor" and "dcp".
         round_to: keep a multiple of this many channels in every pruned group (SIMD
             widths like 4 or 8 run faster).
         exclude: layer names whose output channels are left alone.
+        max_sparsity: with `target`, the largest fraction of any group's channels
+            that may go (all-zero channels aside), in (0, 1).
         loss, batch_size, max_batches, dcp_rounds, seed: as in `channel_importance`.
 
     Returns:
@@ -351,6 +357,11 @@ def prune_channels(model, sparsity=None, *, criterion="l1", target=None, data=No
     goal = _check_target(target)
     check_criterion(criterion, data)
     round_to = check_positive_int("round_to", round_to)
+    if (isinstance(max_sparsity, bool) or not isinstance(max_sparsity, numbers.Real)
+            or not 0.0 < max_sparsity < 1.0):
+        raise ValueError(
+            f"`max_sparsity` must be in (0, 1). Received: max_sparsity={max_sparsity!r}"
+        )
     if isinstance(exclude, str):
         exclude = (exclude,)
     pruner = ChannelPruner(model, criterion, data, loss=loss, batch_size=batch_size,
@@ -386,11 +397,20 @@ def prune_channels(model, sparsity=None, *, criterion="l1", target=None, data=No
         removed = {i: roots for i, roots in pruner.removal(fractions, round_to, named).items()
                    if i not in excluded}
     else:
-        removed = _greedy(analysis, candidates, pruner.scores, pruner.zero, goal, round_to)
+        removed = _greedy(analysis, candidates, pruner.scores, pruner.zero, goal, round_to,
+                          max_sparsity, criterion)
     return pruner.build(removed, goal)
 
 
-def _greedy(analysis, candidates, scores, zero, goal, round_to):
+def _weighted_members(analysis, group):
+    """How many layers with channel weights (kernels, BatchNorm) the group's channels span."""
+    graph = analysis.graph
+    names = {name for name, _ in group.members}
+    return max(1, sum(1 for name in names if handler_for(graph.layer_named(name)).slices(
+        graph.layer_named(name))))
+
+
+def _greedy(analysis, candidates, scores, zero, goal, round_to, max_sparsity, criterion):
     """Per group, the classes to remove so that the cost falls to `goal` of the total."""
     metric, fraction = goal
     cost = CostModel(analysis, metric)
@@ -410,7 +430,11 @@ def _greedy(analysis, candidates, scores, zero, goal, round_to):
         else:
             order[i] = _order(group, scores, zero)
         finite = [abs(scores[r]) for r in group.units if r in scores]
-        norm[i] = (sum(finite) / len(finite)) if finite and sum(finite) > 0 else 1.0
+        mean = (sum(finite) / len(finite)) if finite and sum(finite) > 0 else 1.0
+        # Scores comparable across groups: per weighted layer the group spans (a
+        # residual trunk channel lives in many layers and matters in each), except
+        # Taylor's, which already estimate the loss itself.
+        norm[i] = 1.0 if criterion == "taylor" else mean / _weighted_members(analysis, group)
         removed[i] = []
 
     def remove(i, root):
@@ -431,21 +455,27 @@ def _greedy(analysis, candidates, scores, zero, goal, round_to):
         best = None
         for i in candidates:
             group = analysis.groups[i]
-            if group.channels - len(removed[i]) <= minimum or len(removed[i]) >= len(order[i]):
+            floor = max(minimum, math.ceil((1.0 - max_sparsity) * group.channels))
+            if group.channels - len(removed[i]) <= floor or len(removed[i]) >= len(order[i]):
                 continue
             root = order[i][len(removed[i])]
             saving = cost.saving(counts, tensors[root])
             if saving <= 0:
                 continue
-            priority = (scores.get(root, 0.0) / norm[i]) / saving
+            # A channel's loss is its score against its group's mean, weighed by how
+            # few channels the group keeps (the last channels of a layer matter most),
+            # per unit of cost saved.
+            kept_fraction = (group.channels - len(removed[i])) / group.channels
+            priority = (scores.get(root, 0.0) / norm[i]) / kept_fraction**2 / saving
             if best is None or priority < best[0]:
                 best = (priority, i, root)
         if best is None:
             reachable = total / full
             raise ValueError(
                 f"target={{{metric!r}: {fraction}}} cannot be reached: with every prunable "
-                f"group down to {minimum} channel(s) the model keeps {reachable:.3f} of its "
-                f"{metric} (the rest is in layers whose channels cannot be removed)."
+                f"group at max_sparsity={max_sparsity} (and at least {minimum} channel(s)) "
+                f"the model keeps {reachable:.3f} of its {metric}; the rest is in layers "
+                "whose channels cannot be removed. Raise max_sparsity or the target."
             )
         _, i, root = best
         total -= remove(i, root)

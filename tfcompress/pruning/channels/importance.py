@@ -89,14 +89,14 @@ def classification_loss(model, loss=None):
 
 
 class _SparseCE:
-    """Sparse categorical cross-entropy that reads probabilities or logits (rows that
-    are non-negative and sum to 1 are probabilities)."""
+    """Sparse categorical cross-entropy that reads probabilities or logits (outputs that
+    are non-negative and sum to 1 per row are probabilities). Called eagerly."""
 
     def __call__(self, y_true, y_pred):
-        probs = ops.all(y_pred >= 0) & ops.all(ops.abs(ops.sum(y_pred, axis=-1) - 1.0) < 1e-3)
-        prob_loss = keras.losses.sparse_categorical_crossentropy(y_true, y_pred)
-        logit_loss = keras.losses.sparse_categorical_crossentropy(y_true, y_pred, from_logits=True)
-        return ops.mean(ops.where(probs, prob_loss, logit_loss))
+        values = np.asarray(y_pred)
+        probabilities = bool(np.all(values >= 0) and np.allclose(values.sum(-1), 1.0, atol=1e-3))
+        return ops.mean(keras.losses.sparse_categorical_crossentropy(
+            y_true, y_pred, from_logits=not probabilities))
 
 
 def _per_channel(array, axis, length, block, reduce):
