@@ -191,3 +191,29 @@ def test_compress_recipe_and_inspect_tool(tmp_path):
     bad = _tool("inspect.py", str(damaged))
     assert bad.returncode != 0
     assert "checksum" in (bad.stdout + bad.stderr).lower()
+
+
+def test_auto_sparsity_comes_from_a_weight_sensitivity_analysis(result, digits):
+    """DeepCompressionConfig(sparsity="auto"): each layer is pruned to the largest
+    sparsity its own sensitivity curve allows within max_accuracy_drop."""
+    import tfcompress
+
+    model, _ = result
+    (x_train, y_train), test = digits
+    config = deep_compression.DeepCompressionConfig(
+        sparsity="auto", max_accuracy_drop=0.02, sensitivity_examples=300, clusters=CLUSTERS,
+        prune_epochs=1, retrain_epochs=1, finetune_epochs=1, batch_size=64,
+    )
+    out = deep_compression.run(model, (x_train, y_train), test, config, verbose=0)
+    held = (x_train[-300:], y_train[-300:])
+    expected = tfcompress.sensitivity_analysis(
+        model, held, granularity="weight", sparsities=deep_compression.AUTO_SPARSITIES,
+        verbose=0).sparsities_for(0.02)
+    assert out.sensitivity.sparsities_for(0.02) == expected
+    for row in out.sparsity:
+        target = expected[row["layer"]]
+        assert row["zeros"] == round(target * row["size"]), row
+    with pytest.raises(ValueError, match="sparsity='most'"):
+        deep_compression.DeepCompressionConfig(sparsity="most")
+    with pytest.raises(ValueError, match="max_accuracy_drop=-1"):
+        deep_compression.DeepCompressionConfig(sparsity="auto", max_accuracy_drop=-1)

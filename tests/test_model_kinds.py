@@ -311,3 +311,13 @@ def test_post_training_int8_of_several_inputs_and_outputs(name):
         export.to_tflite(model, [keras.tree.flatten(x)[0]])
     with pytest.raises(ValueError, match="takes 2 inputs.*list in that order or a dict"):
         export.to_tflite(model, keras.tree.flatten(x)[0])
+
+
+def test_channel_pruning_of_every_kind(kind):
+    name, model, _ = kind
+    x, _ = data_for(model, 8)
+    pruned = tfcompress.pruning.prune_channels(model, 0.5)
+    assert pruned.count_params() < model.count_params(), name
+    for a, b in zip(keras.tree.flatten(model.predict(x, verbose=0)),
+                    keras.tree.flatten(pruned.predict(x, verbose=0))):
+        assert a.shape == b.shape
