@@ -457,7 +457,7 @@ def test_sensitivity_analysis_curves_csv_plot_and_targets(tmp_path):
 
 
 def test_sparsities_for_stops_at_the_first_drop():
-    from tfcompress.analysis import SensitivityResult
+    from tfcompress.pruning import SensitivityResult
 
     result = SensitivityResult("m", "weight", "accuracy", 0.9, {
         "a": [(0.1, 0.9), (0.5, 0.89), (0.9, 0.5)],

@@ -80,7 +80,7 @@ def test_sensitivity_tool_writes_csv_png_json(pruned_run, tmp_path):
     data = json.loads(stem.with_suffix(".json").read_text())
     _, (x_test, y_test) = datasets.load("digits")
     model = keras.saving.load_model(report["files"]["keras"])
-    baseline = tfcompress.analysis.sensitivity.accuracy(model, (x_test[:200], y_test[:200]))
+    baseline = tfcompress.pruning.sensitivity.accuracy(model, (x_test[:200], y_test[:200]))
     assert data["baseline"] == pytest.approx(baseline)
     with open(stem.with_suffix(".csv")) as f:
         rows = list(csv.DictReader(f))

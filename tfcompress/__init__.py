@@ -6,8 +6,9 @@ Public API:
     models     reference models (lenet_300_100, lenet5, small_cnn, ghostnet, resnet20)
     datasets   load("digits" | "mnist" | "fashion_mnist", data_dir=None), random_shift
     pruning    prune_low_magnitude, ConstantSparsity, PolynomialDecay, strip_pruning;
-               prune_channels (channels removed for real), GroupLasso
-    analysis   profile, estimate_energy, sensitivity_analysis
+               prune_channels (channels removed for real), GroupLasso,
+               sensitivity_analysis
+    analysis   profile, estimate_energy
     clustering cluster_weights (k-means weight sharing), strip_clustering
     quantization  quantize_model (QAT, BatchNorm folding), quantize_annotate_layer
     lowering   lower_model: composite layers as the standard layers they are made of
@@ -43,12 +44,16 @@ from tfcompress.analysis import (
     format_profile,
     profile,
     register_counter,
-    sensitivity_analysis,
 )
 from tfcompress.clustering import cluster_weights, strip_clustering
 from tfcompress.coding import compression_report, load_compressed, save_compressed
 from tfcompress.export import to_tflite, verify
-from tfcompress.pruning import prune_channels, prune_low_magnitude, strip_pruning
+from tfcompress.pruning import (
+    prune_channels,
+    prune_low_magnitude,
+    sensitivity_analysis,
+    strip_pruning,
+)
 from tfcompress.quantization import quantize_annotate_layer, quantize_model
 
 __all__ = [

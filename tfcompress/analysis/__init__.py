@@ -1,5 +1,6 @@
-"""Analysis of models: per-layer parameters, operations and bits (`profile`), energy
-estimates (`estimate_energy`) and pruning sensitivity (`sensitivity_analysis`)."""
+"""Analysis of models: per-layer parameters, operations and bits (`profile`) and energy
+estimates (`estimate_energy`). Pruning sensitivity is `tfcompress.sensitivity_analysis`
+(`tfcompress.pruning.sensitivity`)."""
 
 from tfcompress.analysis.energy import HOROWITZ_45NM_PJ, estimate_energy
 from tfcompress.analysis.profile import (
@@ -10,11 +11,9 @@ from tfcompress.analysis.profile import (
     profile,
     register_counter,
 )
-from tfcompress.analysis.sensitivity import SensitivityResult, sensitivity_analysis
 
 __all__ = [
     "HOROWITZ_45NM_PJ",
-    "SensitivityResult",
     "count_layer",
     "dtype_bits",
     "estimate_energy",
@@ -22,5 +21,4 @@ __all__ = [
     "get_counter",
     "profile",
     "register_counter",
-    "sensitivity_analysis",
 ]

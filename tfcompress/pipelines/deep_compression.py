@@ -355,10 +355,8 @@ def run(model, train, test, config=None, verbose=1):
     end_step = max(1, steps_per_epoch * config.prune_epochs - 1)
     sparsity, sensitivity = config.sparsity, None
     if sparsity == "auto":
-        from tfcompress.analysis.sensitivity import sensitivity_analysis
-
         held = slice(max(0, len(x_train) - config.sensitivity_examples), None)
-        sensitivity = sensitivity_analysis(
+        sensitivity = pruning.sensitivity_analysis(
             model, (x_train[held], y_train[held]), granularity="weight",
             sparsities=AUTO_SPARSITIES, verbose=1 if verbose == 1 else 0,
         )

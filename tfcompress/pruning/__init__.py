@@ -4,8 +4,9 @@ Modules: `schedules` (ConstantSparsity, PolynomialDecay), `masks` (the NumPy
 masks), `wrapper` (PruneLowMagnitude), `api` (prune_low_magnitude,
 strip_pruning, reports), `callbacks` (UpdatePruningStep, PruningSummaries,
 Pruner); structured pruning that removes channels for real in `channels`
-(channel_groups, channel_importance, prune_channels) and sparsity training in
-`regularizers` (GroupLasso, with_regularizer).
+(channel_groups, channel_importance, prune_channels), sparsity training in
+`regularizers` (GroupLasso, with_regularizer) and `sensitivity`
+(sensitivity_analysis: each layer or channel group pruned alone).
 
 Han, Pool, Tran, Dally. "Learning both Weights and Connections for Efficient
 Neural Networks", NeurIPS 2015: train, remove the connections whose weights have
@@ -79,6 +80,7 @@ from tfcompress.pruning.schedules import (
     PolynomialDecay,
     PruningSchedule,
 )
+from tfcompress.pruning.sensitivity import SensitivityResult, sensitivity_analysis
 from tfcompress.pruning.wrapper import PruneLowMagnitude
 
 __all__ = [
@@ -91,6 +93,7 @@ __all__ = [
     "Pruner",
     "PruningSchedule",
     "PruningSummaries",
+    "SensitivityResult",
     "UpdatePruningStep",
     "channel_groups",
     "channel_importance",
@@ -99,6 +102,7 @@ __all__ = [
     "magnitude_mask",
     "prune_channels",
     "prune_low_magnitude",
+    "sensitivity_analysis",
     "sparsity_report",
     "strip_pruning",
     "with_regularizer",

@@ -27,6 +27,8 @@ from tfcompress.core.graph import ModelGraph, check_model
 from tfcompress.core.rewrite import rebuild
 from tfcompress.core.traits import has_kernels, kernel_variables
 from tfcompress.fileio import write_atomic
+from tfcompress.pruning.channels import ChannelPruner
+from tfcompress.pruning.masks import magnitude_mask
 
 __all__ = ["GRANULARITIES", "SensitivityResult", "accuracy", "sensitivity_analysis"]
 
@@ -187,8 +189,6 @@ def sensitivity_analysis(model, data, *, sparsities=DEFAULT_SPARSITIES, granular
     baseline = float(evaluate(model, data))
     curves = {}
     if granularity == "channel":
-        from tfcompress.pruning.channels import ChannelPruner
-
         pruner = ChannelPruner(model, criterion, data, what="sensitivity_analysis")
         targets = [(i, g.name) for i, g in enumerate(pruner.groups) if g.prunable]
         bar = keras.utils.Progbar(len(targets) * len(sparsities), verbose=verbose)
@@ -200,8 +200,6 @@ def sensitivity_analysis(model, data, *, sparsities=DEFAULT_SPARSITIES, granular
                 curves[group_name].append((s, float(value)))
                 bar.add(1)
     else:
-        from tfcompress.pruning.masks import magnitude_mask
-
         working = rebuild(model)
         graph = ModelGraph(working)
         targets = [layer for layer in graph.layers
