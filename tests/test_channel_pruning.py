@@ -318,6 +318,15 @@ def test_dcp_chooses_the_channel_the_labels_depend_on_first():
     scores = channel_importance(model, "dcp", data=(x, y), dcp_rounds=4)["conv"]
     assert sorted(scores) == [1.0, 2.0, 3.0, 4.0]  # an order of choice
     assert int(np.argmax(scores)) == 2
+    # A group inside a stage (not at its end) is switched off at its consumers' inputs.
+    inner = L.Conv2D(4, 1, name="inner")
+    h = L.GlobalAveragePooling2D()(L.ReLU()(L.Conv2D(3, 1, name="outer")(inner(inputs))))
+    deeper = keras.Model(inputs, L.Dense(2, name="head")(h))
+    inner.set_weights([kernel, np.zeros(4, np.float32)])
+    outer_kernel = np.full((1, 1, 4, 3), 0.1, np.float32)
+    deeper.get_layer("outer").set_weights([outer_kernel, np.zeros(3, np.float32)])
+    scores = channel_importance(deeper, "dcp", data=(x, y), dcp_rounds=4)["inner"]
+    assert sorted(scores) == [1.0, 2.0, 3.0, 4.0] and int(np.argmax(scores)) == 2
 
 
 # ------------------------------------------------------------------ sparsity and targets

@@ -402,6 +402,12 @@ def prune_channels(model, sparsity=None, *, criterion="l1", target=None, data=No
     return pruner.build(removed, goal)
 
 
+# How the MACs / energy greedy weighs a channel: its normalized score, divided by
+# (kept fraction of its group) ** _KEPT_EXPONENT and by (cost saved) ** _COST_POWER.
+_KEPT_EXPONENT = 2
+_COST_POWER = 1.0
+
+
 def _weighted_members(analysis, group):
     """How many layers with channel weights (kernels, BatchNorm) the group's channels span."""
     graph = analysis.graph
@@ -466,7 +472,8 @@ def _greedy(analysis, candidates, scores, zero, goal, round_to, max_sparsity, cr
             # few channels the group keeps (the last channels of a layer matter most),
             # per unit of cost saved.
             kept_fraction = (group.channels - len(removed[i])) / group.channels
-            priority = (scores.get(root, 0.0) / norm[i]) / kept_fraction**2 / saving
+            priority = (scores.get(root, 0.0) / norm[i]) / kept_fraction**_KEPT_EXPONENT / (
+                saving**_COST_POWER)
             if best is None or priority < best[0]:
                 best = (priority, i, root)
         if best is None:

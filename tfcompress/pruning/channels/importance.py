@@ -22,10 +22,11 @@ Criteria (the score of one channel of a group combines every member it spans):
   each group belongs to (the last feature map of its spatial size); channels are
   then chosen greedily, in `dcp_rounds` rounds, by the gradient of the auxiliary
   loss plus the reconstruction loss of the stage's features, with the not yet
-  chosen channels switched off. Here the gradient is taken with respect to a gate on
-  each channel (the first-order effect of switching it back on) rather than the
-  consumer's weights, and the kept weights are not re-optimized between rounds. The
-  score is the order of choice (chosen first = highest). Needs labelled data.
+  chosen channels switched (almost: a gate of 0.05) off. Here the gradient is taken
+  with respect to a gate on each channel (the first-order effect of switching it
+  back on) rather than the consumer's weights, and the kept weights are not
+  re-optimized between rounds. The score is the order of choice (chosen first =
+  highest). Needs labelled data.
 - "random": uniform random scores (seeded), the control.
 """
 
@@ -232,6 +233,9 @@ def _pool(features):
     return ops.mean(features, axis=tuple(range(1, len(features.shape) - 1)))
 
 
+_OFF = 0.05  # DCP: the gate of a channel not chosen yet
+
+
 def _dcp(analysis, data, batch_size, max_batches, rounds, seed):
     import tensorflow as tf
 
@@ -253,7 +257,8 @@ def _dcp(analysis, data, batch_size, max_batches, rounds, seed):
             return None
         return state.call(node, (gate(args[0]),) + tuple(args[1:]), kwargs)
 
-    gated = rebuild(analysis.model, node_fn=node_fn, keep_sequential=False)
+    # The analysis's own graph: its nodes are the ones `consumers` holds.
+    gated = rebuild(analysis.graph, node_fn=node_fn, keep_sequential=False)
     by_name = {layer.name: layer for layer in gated.layers}
     ends = {g.name: _stage_end(analysis, g) for g in targets}
     features = {}  # stage-end tensor index -> model of its (gated) features
@@ -286,7 +291,9 @@ def _dcp(analysis, data, batch_size, max_batches, rounds, seed):
         model, head, gate = features[end.index], heads[end.index], gates[g.name]
         gate.assign(np.ones(g.channels, np.float32))
         references = [model(x) for x, _ in data_batches]
-        chosen, mask = [], np.zeros(g.channels, np.float32)
+        # Channels not chosen yet are nearly off: at exactly 0 a ReLU behind them has no
+        # gradient (TensorFlow's relu'(0) = 0) and every channel would look alike.
+        chosen, mask = [], np.full(g.channels, _OFF, np.float32)
         step = max(1, math.ceil(g.channels / rounds))
         while len(chosen) < g.channels:
             gate.assign(mask)
