@@ -246,6 +246,7 @@ class ChannelPruner:
             max_batches=max_batches, dcp_rounds=dcp_rounds, seed=seed,
         )
         self.zero = self.analysis.zero_classes()
+        self._before = None  # the model's profile totals, once
 
     @property
     def groups(self):
@@ -277,7 +278,9 @@ class ChannelPruner:
         analysis = self.analysis
         gone = {root for roots in removed.values() for root in roots}
         pruned = _surgery(analysis, gone)
-        before, after = profile(self.model)["total"], profile(pruned)["total"]
+        if self._before is None:
+            self._before = profile(self.model)["total"]
+        before, after = self._before, profile(pruned)["total"]
         rows = []
         for i, group in enumerate(analysis.groups):
             roots = removed.get(i, [])
