@@ -11,7 +11,8 @@ and the LiteRT latency all shrink. Per model, in one run:
                   `--batch_size`, sparse categorical cross-entropy).
     2. criteria   for each of `--criteria` (default all seven: l1, l2, fpgm, bn_scale, taylor,
                   dcp, random): `prune_channels(trained, target={"macs": --target_macs},
-                  criterion=c, data=(x_sub, y_sub) for taylor and dcp, seed=--seed)`, then
+                  criterion=c, data=(x_sub, y_sub) for taylor and dcp, round_to=--round_to
+                  (16: the channel blocks XNNPACK's int8 kernels work on), seed=--seed)`, then
                   fine-tuned `--finetune_epochs` with the same recipe (Adam `--finetune_lr`,
                   cosine decay), the same batch order for every criterion. x_sub: a seeded
                   random subset of `--criterion_examples` training images.
@@ -20,6 +21,10 @@ and the LiteRT latency all shrink. Per model, in one run:
                   criterion that succeeded if that one failed), rebuilt from its config with
                   fresh random weights (`keras.Model.from_config(pruned.get_config())`) and
                   trained from scratch for `--epochs + --finetune_epochs` epochs (Adam `--lr`).
+
+    4. probe      the trained model pruned by l1 to the target at each `--probe_round_to`
+                  (1, 4, 8, 16), int8 files timed without fine-tuning: how much of the
+                  int8 speed-up the channel counts alone decide.
 
 For the unpruned model, every pruned + fine-tuned model and the scratch control it measures:
 test accuracy (Keras; plus the pruned model's accuracy before fine-tuning), parameters and
@@ -154,6 +159,16 @@ def parse_args(argv):
     parser.add_argument("--target_macs", type=float, default=GOAL_MACS,
                         help="fraction of the MACs every pruned model keeps (0.5)")
     parser.add_argument(
+        "--round_to", type=int, default=16,
+        help="prune_channels(round_to=...): every pruned group keeps a multiple of this many "
+        "channels (16: the channel blocks XNNPACK's int8 kernels work on; 1: any count)",
+    )
+    parser.add_argument(
+        "--probe_round_to", default="1,4,8,16",
+        help="comma-separated round_to values of the latency probe: the trained model pruned "
+        "by l1 to the target at each, int8 files timed without fine-tuning ('' to skip)",
+    )
+    parser.add_argument(
         "--criterion_examples", type=int, default=512,
         help="training images (seeded random subset) given to taylor and dcp (512: "
         "prune_channels' default batch_size 64 x max_batches 8)",
@@ -193,6 +208,14 @@ def parse_args(argv):
             parser.error(f"--{name} must be at least 1")
     if not 0.0 < args.target_macs <= 1.0:
         parser.error("--target_macs must be in (0, 1]")
+    if args.round_to < 1:
+        parser.error("--round_to must be at least 1")
+    try:
+        args.probe_round_to = [int(v) for v in args.probe_round_to.split(",") if v.strip()]
+    except ValueError:
+        parser.error(f"--probe_round_to={args.probe_round_to!r}: give integers like 1,8,16")
+    if any(v < 1 for v in args.probe_round_to):
+        parser.error("--probe_round_to values must be at least 1")
     args.models = _names(args.models, MODELS, "models", parser)
     args.criteria = _names(args.criteria, CRITERIA, "criteria", parser)
     args.dataset = "digits" if args.quick else "fashion_mnist"
@@ -381,6 +404,7 @@ def run_model(name, args, data):
             pruned = prune_channels(
                 model, target={"macs": args.target_macs}, criterion=criterion,
                 data=subset if criterion in DATA_CRITERIA else None, loss=LOSS, seed=args.seed,
+                round_to=args.round_to,
             )
         except Exception as exc:  # noqa: BLE001 -- a failing criterion is a result, reported
             entry["errors"]["prune_channels"] = _error_text(exc)
@@ -437,6 +461,24 @@ def run_model(name, args, data):
             blobs["scratch"] = {}
             measure(f"{name} scratch", scratch, args, data, entry, blobs["scratch"])
     keras.backend.clear_session()
+
+    # Latency probe: the channel counts XNNPACK's int8 kernels like (no fine-tuning needed).
+    result["probe"] = {}
+    calibration = x[:REPRESENTATIVE_EXAMPLES]
+    for r in args.probe_round_to:
+        label = f"probe round_to={r}"
+        entry = result["variants"].setdefault(label, {"seconds": {}, "errors": {}})
+        try:
+            probe = prune_channels(model, target={"macs": args.target_macs}, criterion="l1",
+                                   round_to=r, seed=args.seed)
+            entry["macs"] = int(probe.channel_pruning_report.macs[1])
+            entry["kept"] = _kept_channels(probe.channel_pruning_report)
+            blobs[label] = {"int8": export.to_tflite(probe, calibration)}
+            entry["int8_bytes"] = len(blobs[label]["int8"])
+            result["probe"][r] = label
+        except Exception as exc:  # noqa: BLE001 -- reported with the probe
+            entry["errors"]["probe"] = _error_text(exc)
+        keras.backend.clear_session()
 
     # Latency: every file of this model, round-robin in this process.
     start = time.perf_counter()
@@ -565,6 +607,32 @@ def kept_lines(args, name, result):
         lines += ["", ("MACs kept by the pruning (ChannelPruningReport.target['reached']): "
                        f"{reached}.")]
     return lines
+
+
+def probe_lines(args, results):
+    """int8 latency of the trained model pruned by l1 to the target at each round_to."""
+    rows = []
+    for name in args.models:
+        result = results.get(name) or {}
+        variants = result.get("variants", {})
+        base = _latency(variants.get("unpruned", {}), "int8")
+        full = variants.get("unpruned", {}).get("macs")
+        for r in args.probe_round_to:
+            entry = variants.get(f"probe round_to={r}", {})
+            if entry.get("errors", {}).get("probe"):
+                rows.append(f"| {name} | {r} | error: {_short(entry['errors']['probe'])} | - | - | - |")
+                continue
+            value = _latency(entry, "int8")
+            rows.append(f"| {name} | {r} | {_x(_ratio(entry.get('macs'), full), 3)} | "
+                        f"{_count(entry.get('int8_bytes'))} | "
+                        f"{'-' if value is None else _ms(value)} | {_x(_ratio(value, base))} |")
+    if not rows:
+        return []
+    return [("int8 latency against the channel counts (latency probe: the trained model "
+             "pruned by l1 to the target with each round_to, int8 post-training files, not "
+             "fine-tuned, timed in the same round-robin):"), "",
+            ("| Model | round_to | MACs vs unpruned | int8 bytes | int8 ms | int8 latency vs "
+             "unpruned |"), "|---|---:|---:|---:|---:|---:|", *rows]
 
 
 def spread_lines(args, results):
@@ -717,7 +785,8 @@ def build_report(args, machine, results, n_train, n_test, load_before, load_afte
            if args.augment_shift else ", no augmentation")
         + f"; seed {args.seed}. Unpruned: {args.epochs} epoch(s), Adam {args.lr:g}. Each "
         f"criterion: prune_channels(trained, target={{\"macs\": {args.target_macs:g}}}, "
-        f"criterion=c, seed={args.seed}) (taylor and dcp get {args.criterion_examples} random "
+        f"criterion=c, round_to={args.round_to}, seed={args.seed}) (taylor and dcp get "
+        f"{args.criterion_examples} random "
         f"training images as data), then {args.finetune_epochs} epoch(s) of fine-tuning, Adam "
         f"{args.finetune_lr:g}, the same batch order for every criterion. bn_scale scores the "
         "BatchNormalization scales of a model trained without Network Slimming's L1 penalty "
@@ -750,6 +819,10 @@ def build_report(args, machine, results, n_train, n_test, load_before, load_afte
         if kept:
             add("")
             lines.extend(kept)
+    probe = probe_lines(args, results)
+    if probe:
+        add("")
+        lines.extend(probe)
     spread = spread_lines(args, results)
     if spread:
         add("")

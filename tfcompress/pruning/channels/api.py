@@ -456,29 +456,45 @@ def _greedy(analysis, candidates, scores, zero, goal, round_to, max_sparsity, cr
 
     for i in candidates:  # all-zero channels first: they cost nothing to remove
         group = analysis.groups[i]
-        for root in order[i]:
-            if root in zero and len(removed[i]) < group.channels - 1:
-                total -= remove(i, root)
+        zeros = [root for root in order[i] if root in zero]
+        kept = _kept_count(group.channels, group.channels - len(zeros), round_to)
+        for root in zeros[: group.channels - kept]:
+            total -= remove(i, root)
     minimum = max(1, round_to)
+
+    def next_step(i):
+        """The classes group i loses next (down to the next multiple of round_to)."""
+        group = analysis.groups[i]
+        kept = group.channels - len(removed[i])
+        floor = max(minimum, math.ceil((1.0 - max_sparsity) * group.channels))
+        target_kept = (kept - 1) // round_to * round_to
+        if target_kept < floor:
+            return None
+        step = order[i][len(removed[i]): len(removed[i]) + kept - target_kept]
+        return step if len(step) == kept - target_kept else None
+
     while total > limit + 1e-9:
         best = None
         for i in candidates:
             group = analysis.groups[i]
-            floor = max(minimum, math.ceil((1.0 - max_sparsity) * group.channels))
-            if group.channels - len(removed[i]) <= floor or len(removed[i]) >= len(order[i]):
+            step = next_step(i)
+            if step is None:
                 continue
-            root = order[i][len(removed[i])]
-            saving = cost.saving(counts, tensors[root])
+            change = {}
+            for root in step:
+                for index, n in tensors[root].items():
+                    change[index] = change.get(index, 0) + n
+            saving = cost.saving(counts, change)
             if saving <= 0:
                 continue
             # A channel's loss is its score against its group's mean, weighed by how
             # few channels the group keeps (the last channels of a layer matter most),
             # per unit of cost saved.
             kept_fraction = (group.channels - len(removed[i])) / group.channels
-            priority = (scores.get(root, 0.0) / norm[i]) / kept_fraction**_KEPT_EXPONENT / (
-                saving**_COST_POWER)
+            lost = sum(scores.get(root, 0.0) for root in step) / norm[i]
+            priority = lost / kept_fraction**_KEPT_EXPONENT / saving**_COST_POWER
             if best is None or priority < best[0]:
-                best = (priority, i, root)
+                best = (priority, i, step)
         if best is None:
             reachable = total / full
             raise ValueError(
@@ -487,17 +503,9 @@ def _greedy(analysis, candidates, scores, zero, goal, round_to, max_sparsity, cr
                 f"the model keeps {reachable:.3f} of its {metric}; the rest is in layers "
                 "whose channels cannot be removed. Raise max_sparsity or the target."
             )
-        _, i, root = best
-        total -= remove(i, root)
-    if round_to > 1:  # keep multiples of round_to: remove a few more (the target still holds)
-        for i in candidates:
-            group = analysis.groups[i]
-            kept = group.channels - len(removed[i])
-            if kept == group.channels:
-                continue
-            target_kept = _kept_count(group.channels, kept, round_to, up=False)
-            while group.channels - len(removed[i]) > target_kept and len(removed[i]) < len(order[i]):
-                remove(i, order[i][len(removed[i])])
+        _, i, step = best
+        for root in step:
+            total -= remove(i, root)
     return removed
 
 
