@@ -16,7 +16,11 @@ setup(
     long_description=LONG_DESCRIPTION,
     long_description_content_type="text/markdown",
     python_requires=">=3.10",
-    packages=find_packages(include=["tfcompress", "tfcompress.*"]),
+    # The command-line tools (tools/) ship as the package tfcompress_tools, run by the
+    # `tfcompress` console script: `tfcompress compress|evaluate|benchmark|inspect|sensitivity`.
+    packages=find_packages(include=["tfcompress", "tfcompress.*"]) + ["tfcompress_tools"],
+    package_dir={"tfcompress_tools": "tools"},
+    entry_points={"console_scripts": ["tfcompress = tfcompress_tools.__main__:main"]},
     package_data={"tfcompress": ["data/*.npz", "data/README.md"]},
     install_requires=[
         "tensorflow>=2.16",  # tested with 2.21

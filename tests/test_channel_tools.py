@@ -39,10 +39,11 @@ def test_channel_pruning_recipe_halves_the_macs_and_reports_it(pruned_run):
     import tfcompress
     from tfcompress import datasets, export
 
-    _, result, report = pruned_run
+    out, result, report = pruned_run
     assert report["macs"]["after"] <= 0.5 * report["macs"]["before"]
     assert report["params"]["after"] < report["params"]["before"]
-    model = keras.saving.load_model(report["files"]["keras"])
+    assert set(report["files"]) == {p.name for p in out.iterdir()}
+    model = keras.saving.load_model(out / "small_cnn_pruned.keras")
     total = tfcompress.profile(model)["total"]
     assert (total["macs"], total["params"]) == (report["macs"]["after"], report["params"]["after"])
     for group in report["groups"]:
@@ -52,16 +53,16 @@ def test_channel_pruning_recipe_halves_the_macs_and_reports_it(pruned_run):
     accuracy = float(np.mean(model.predict(x_test, verbose=0).argmax(-1) == y_test))
     assert accuracy == pytest.approx(report["accuracy"]["fine_tuned"], abs=1e-6)
     assert accuracy > 0.5
-    with open(report["int8"]["path"], "rb") as f:
+    with open(out / report["int8"]["file"], "rb") as f:
         int8 = f.read()
     assert report["bytes"]["after"]["int8"] == len(int8) < report["bytes"]["before"]["int8"]
     probs, _ = export.run_tflite(int8, x_test)
     assert float(np.mean(probs.argmax(-1) == y_test)) == pytest.approx(
         report["int8"]["test_accuracy"])
     assert set(report["latency_ms"]["before"]) == {"float", "int8"}
-    for name in report["files"]["plots"]:
-        with open(name, "rb") as f:
-            assert f.read(8) == b"\x89PNG\r\n\x1a\n"
+    for name in report["files"]:
+        if name.endswith(".png"):
+            assert (out / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "LiteRT int8 latency" in result.stdout and "multiply-adds" in result.stdout
 
 
@@ -72,14 +73,14 @@ def test_sensitivity_tool_writes_csv_png_json(pruned_run, tmp_path):
     import tfcompress
     from tfcompress import datasets
 
-    _, _, report = pruned_run
-    result = _run("sensitivity.py", f"--model={report['files']['keras']}",
+    out, _, report = pruned_run
+    result = _run("sensitivity.py", f"--model={out / 'small_cnn_pruned.keras'}",
                   "--sparsities=0.0,0.5", "--examples=200", f"--output_dir={tmp_path}")
     assert result.returncode == 0, result.stderr[-3000:]
     stem = tmp_path / "small_cnn_pruned_channel_sensitivity"
     data = json.loads(stem.with_suffix(".json").read_text())
     _, (x_test, y_test) = datasets.load("digits")
-    model = keras.saving.load_model(report["files"]["keras"])
+    model = keras.saving.load_model(out / "small_cnn_pruned.keras")
     baseline = tfcompress.pruning.sensitivity.accuracy(model, (x_test[:200], y_test[:200]))
     assert data["baseline"] == pytest.approx(baseline)
     with open(stem.with_suffix(".csv")) as f:

@@ -178,7 +178,7 @@ def test_compress_recipe_and_inspect_tool(tmp_path):
         assert (out_dir / f"lenet_300_100{name}").stat().st_size > 0
     assert "compression ratio" in run.stdout
 
-    shown = _tool("inspect.py", str(container), f"--json={tmp_path / 'inspect.json'}")
+    shown = _tool("inspect_file.py", str(container), f"--json={tmp_path / 'inspect.json'}")
     assert shown.returncode == 0, shown.stderr[-3000:]
     assert "fc1" in shown.stdout and f"{params:,} parameters" in shown.stdout
     inspected = json.loads((tmp_path / "inspect.json").read_text())
@@ -188,7 +188,7 @@ def test_compress_recipe_and_inspect_tool(tmp_path):
     data = bytearray(container.read_bytes())
     data[len(data) // 2] ^= 0xFF
     damaged.write_bytes(bytes(data))
-    bad = _tool("inspect.py", str(damaged))
+    bad = _tool("inspect_file.py", str(damaged))
     assert bad.returncode != 0
     assert "checksum" in (bad.stdout + bad.stderr).lower()
 

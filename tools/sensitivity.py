@@ -12,16 +12,15 @@ Usage:
     python tools/sensitivity.py --model=x.keras --criterion=fpgm --sparsities=0.25,0.5,0.75
 """
 
-import json
 import os
-import sys
 
-# tools/inspect.py would shadow the standard library's `inspect` for every import
-# made while tools/ is on sys.path (Python puts the script's folder first): drop it.
-_HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path[:] = [p for p in sys.path if os.path.abspath(p or ".") != _HERE]
+if __package__:  # tfcompress <command>: the tools are the package tfcompress_tools
+    from . import _quiet
+else:  # python tools/<command>.py
+    import _quiet
+_quiet.silence()
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+import json
 
 from absl import app, flags
 
@@ -45,10 +44,10 @@ flags.DEFINE_float("max_drop", 0.01, "Accuracy drop (fraction) a layer may cost 
 flags.DEFINE_string("output_dir", "sensitivity_out", "Where to write the CSV, PNG and JSON.")
 
 
-def main(argv):
-    from absl import logging
+def check_flags(argv):
+    """Every flag checked before any work (`tfcompress.cli.run` calls it)."""
+    from tfcompress import cli
 
-    logging.set_verbosity(logging.ERROR)  # TF's retracing notes: one per pruned copy
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
     if not FLAGS.model:
@@ -65,10 +64,19 @@ def main(argv):
         raise app.UsageError(
             f"--sparsities={','.join(FLAGS.sparsities)}: every value must be in [0, 1)."
         )
+    cli.check_dataset(FLAGS.dataset, FLAGS.data_dir)
+
+
+def main(argv):
+    del argv
+    from absl import logging
+
+    logging.set_verbosity(logging.ERROR)  # TF's retracing notes: one per pruned copy
+    sparsities = [float(s) for s in FLAGS.sparsities]
     import keras
 
     import tfcompress
-    from tfcompress import datasets
+    from tfcompress import cli, datasets
 
     try:
         _, (x_test, y_test) = datasets.load(FLAGS.dataset, data_dir=FLAGS.data_dir)
@@ -94,21 +102,29 @@ def main(argv):
         )
     except ValueError as error:
         raise app.UsageError(str(error)) from None
-    os.makedirs(FLAGS.output_dir, exist_ok=True)
-    stem = os.path.join(FLAGS.output_dir, os.path.splitext(os.path.basename(FLAGS.model))[0]
-                        + f"_{FLAGS.granularity}_sensitivity")
-    result.to_csv(stem + ".csv")
-    result.plot(stem + ".png", title=(
+    with cli.Outputs(FLAGS.output_dir) as out:
+        _write(out, model, result, data, sparsities)
+    print()
+    print(out.listing())
+
+
+def _write(out, model, result, data, sparsities):
+    name = (os.path.splitext(os.path.basename(FLAGS.model))[0]
+            + f"_{FLAGS.granularity}_sensitivity")
+    result.to_csv(out.path(name + ".csv", "accuracy per layer and sparsity"))
+    result.plot(out.path(name + ".png", "the same, one curve per layer"), title=(
         f"{model.name} on {FLAGS.dataset} ({len(data[0])} test examples): "
         f"{FLAGS.granularity} sensitivity" + (f", {FLAGS.criterion}" if FLAGS.granularity ==
                                               "channel" else "") + ", no retraining"))
     suggested = result.sparsities_for(FLAGS.max_drop)
-    write_atomic(stem + ".json", json.dumps({
+    summary = {
         "model": FLAGS.model, "dataset": FLAGS.dataset, "examples": len(data[0]),
         "granularity": FLAGS.granularity, "criterion": FLAGS.criterion,
         "baseline": result.baseline, "curves": result.curves, "max_drop": FLAGS.max_drop,
         "sparsities_for_max_drop": suggested,
-    }, indent=2))
+    }
+    write_atomic(out.path(name + ".json", "the curves and the suggested sparsities"),
+                 json.dumps(summary, indent=2))
     width = max(len(name) for name in result.curves) if result.curves else 4
     print(f"\nbaseline accuracy {result.baseline:.4f}")
     print(f"{'layer':<{width}}  " + "  ".join(f"{s:>5.2f}" for s in sparsities)
@@ -116,9 +132,14 @@ def main(argv):
     for name, points in result.curves.items():
         print(f"{name:<{width}}  " + "  ".join(f"{v:5.3f}" for _, v in points)
               + f"  {suggested[name]:.2f}")
-    print(f"\nwrote {stem}.csv, {stem}.png, {stem}.json")
+
+
+def run_tool(argv=None):
+    """Runs this tool through the shared harness (`tfcompress.cli.run`)."""
+    from tfcompress.cli import run
+
+    run(main, check=check_flags, argv=argv)
 
 
 if __name__ == "__main__":
-    flags.mark_flag_as_required("model")
-    app.run(main)
+    run_tool()

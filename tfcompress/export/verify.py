@@ -32,7 +32,22 @@ def _compare(lite, reference, detail):
     return report, diff, steps
 
 
-def verify(tflite_bytes, keras_model, data, batch_size=256, runner="litert"):
+def _accuracy(outputs, labels, what):
+    """Top-1 accuracy of a 2D output (one row of scores per example) against labels."""
+    labels = np.asarray(labels).reshape(-1)
+    if outputs.ndim != 2:
+        raise ValueError(
+            f"`labels` needs a (examples, classes) output to score; {what} has shape "
+            f"{outputs.shape}."
+        )
+    if len(labels) != len(outputs):
+        raise ValueError(
+            f"`labels` has {len(labels)} entries for {len(outputs)} examples."
+        )
+    return float(np.mean(outputs.argmax(-1) == labels))
+
+
+def verify(tflite_bytes, keras_model, data, batch_size=256, runner="litert", labels=None):
     """Runs the file and Keras on the same inputs and reports how far they differ.
 
     Args:
@@ -42,6 +57,10 @@ def verify(tflite_bytes, keras_model, data, batch_size=256, runner="litert"):
             list in `keras_model.inputs` order or a dict {input name: array}.
         batch_size: batch size for both runtimes.
         runner: the runtime that runs the file ("litert").
+        labels: optional integer class labels of `data` (one per example). The
+            report then also holds `keras_accuracy` and `tflite_accuracy` (top-1,
+            of the first output): agreement between two models says nothing about
+            whether either is right.
 
     Returns:
         dict with `max_abs_diff`, `mean_abs_diff`, `argmax_agreement` (fraction of
@@ -52,6 +71,11 @@ def verify(tflite_bytes, keras_model, data, batch_size=256, runner="litert"):
         (the largest difference, the mean over all elements, the lowest argmax
         agreement, the fraction within one step of all quantized elements), and
         `outputs` holds one such report per output, in `keras_model.outputs` order.
+        With `labels`, also `keras_accuracy` and `tflite_accuracy`.
+
+    Raises:
+        ValueError: when the file and the model have different numbers of outputs,
+            or `labels` does not match the examples or the output is not 2D.
 
     Example:
         >>> report = verify(to_tflite(model), model, x_test[:500])
@@ -81,12 +105,19 @@ def verify(tflite_bytes, keras_model, data, batch_size=256, runner="litert"):
             f"The file has {len(lite)} outputs, model {keras_model.name!r} has "
             f"{len(reference)}: is it the model the file was made from?"
         )
+    accuracy = {}
+    if labels is not None:
+        accuracy = {
+            "keras_accuracy": _accuracy(reference[0], labels, "the model's first output"),
+            "tflite_accuracy": _accuracy(np.asarray(lite[0]), labels, "the file's first output"),
+        }
     parts = [_compare(a, b, d) for a, b, d in zip(lite, reference, details)]
     if len(parts) == 1:
         report = {"examples": count, **parts[0][0]}
-        return {key: report[key] for key in (
+        report = {key: report[key] for key in (
             "examples", "max_abs_diff", "mean_abs_diff", "argmax_agreement",
             "output_scale", "max_diff_steps", "within_1_step") if key in report}
+        return {**report, **accuracy}
     reports = [p[0] for p in parts]
     diffs = np.concatenate([p[1].ravel() for p in parts])
     report = {
@@ -106,4 +137,5 @@ def verify(tflite_bytes, keras_model, data, batch_size=256, runner="litert"):
             within_1_step=float(np.mean(steps <= 1.0 + 1e-3)),
         )
     report["outputs"] = reports
+    report.update(accuracy)
     return report

@@ -201,6 +201,8 @@ class DeepCompressionResult:
         seconds: wall time of each stage.
         sensitivity: with sparsity="auto", the `SensitivityResult` the per-layer
             targets came from (else None).
+        histories: {stage: Keras history dict} of the training stages, in order
+            ("pruning and retraining", "centroid fine-tuning").
     """
 
     model: keras.Model
@@ -210,6 +212,7 @@ class DeepCompressionResult:
     sparsity: list
     seconds: dict
     sensitivity: object = None
+    histories: dict = dataclasses.field(default_factory=dict)
 
 
 def _evaluate(model, data, batch_size=512):
@@ -373,7 +376,8 @@ def run(model, train, test, config=None, verbose=1):
     if epochs:
         say(f"  pruning: {config.prune_epochs} epochs to the target sparsity, "
             f"{config.retrain_epochs} retraining")
-    train_classifier(
+    histories = {}
+    histories["pruning and retraining"] = train_classifier(
         pruned, x_train, y_train, epochs, config.learning_rate, **training,
         seed=[config.seed, 1], callbacks=[pruning.UpdatePruningStep()] if schedules else (),
     )
@@ -390,7 +394,7 @@ def run(model, train, test, config=None, verbose=1):
     )
     if config.finetune_epochs:
         say(f"  weight sharing: fine-tuning the centroids for {config.finetune_epochs} epochs")
-    train_classifier(
+    histories["centroid fine-tuning"] = train_classifier(
         clustered, x_train, y_train, config.finetune_epochs, config.finetune_learning_rate,
         **training, seed=[config.seed, 2],
     )
@@ -411,4 +415,5 @@ def run(model, train, test, config=None, verbose=1):
         sparsity=pruning.sparsity_report(compressed),
         seconds=seconds,
         sensitivity=sensitivity,
+        histories=histories,
     )

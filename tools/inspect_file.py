@@ -7,25 +7,25 @@ sections with their sizes, and the per-layer compression table of the paper
 codebook bits, ratio against 32-bit dense storage).
 
 Usage:
-    python tools/inspect.py compress_out/lenet_300_100.tfcz
-    python tools/inspect.py model.tfcz --json=model_report.json
-    python tools/inspect.py model.tfcz --sections      # also list every section
+    python tools/inspect_file.py compress_out/lenet_300_100.tfcz
+    python tools/inspect_file.py model.tfcz --json=model_report.json
+    python tools/inspect_file.py model.tfcz --sections      # also list every section
 
 Exits with status 1 and a message naming the problem (not a container, unknown
 version, a checksum error naming the section, a truncated file).
 """
 
 import os
-import sys
 
-# tools/inspect.py would shadow the standard library's `inspect` for every import
-# made while tools/ is on sys.path (Python puts the script's folder first): drop it.
-_HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path[:] = [p for p in sys.path if os.path.abspath(p or ".") != _HERE]
+if __package__:  # tfcompress <command>: the tools are the package tfcompress_tools
+    from . import _quiet
+else:  # python tools/<command>.py
+    import _quiet
+_quiet.silence()
+
+
 
 import json
-
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from absl import app, flags
 
@@ -36,20 +36,26 @@ flags.DEFINE_string("json", None, "Also write the header and the report to this 
 flags.DEFINE_bool("sections", False, "List every section of the container with its size.")
 
 
-def main(argv):
+def check_flags(argv):
+    """Every argument checked before any work (`tfcompress.cli.run` calls it)."""
+    from tfcompress import cli
+
     if len(argv) != 2:
-        raise app.UsageError("Give exactly one container path: tools/inspect.py PATH.tfcz")
+        raise app.UsageError("give exactly one container path: tools/inspect_file.py PATH.tfcz")
+    if not os.path.isfile(argv[1]):
+        raise app.UsageError(f"{argv[1]}: no such file.")
+    cli.check_json_path(FLAGS.json)
+
+
+def main(argv):
     path = argv[1]
-    if not os.path.isfile(path):
-        raise app.UsageError(f"{path}: no such file.")
     from tfcompress import coding
 
     try:
         info = coding.container_info(path)
         model = coding.load_compressed(path)
     except ValueError as error:
-        print(f"{path}: {error}", file=sys.stderr)
-        return 1
+        raise SystemExit(f"{path}: {error}") from None
     report = coding.compression_report(model)
     size = os.path.getsize(path)
     params = model.count_params()
@@ -75,5 +81,12 @@ def main(argv):
     return 0
 
 
+def run_tool(argv=None):
+    """Runs this tool through the shared harness (`tfcompress.cli.run`)."""
+    from tfcompress.cli import run
+
+    run(main, check=check_flags, argv=argv)
+
+
 if __name__ == "__main__":
-    app.run(main)
+    run_tool()
