@@ -302,6 +302,7 @@ def test_taylor_is_the_squared_first_order_term_from_gradient_tape():
     np.testing.assert_allclose(scores, expected / batches, rtol=1e-4)
 
 
+@pytest.mark.slow
 def test_dcp_chooses_the_channel_the_labels_depend_on_first():
     keras.utils.set_random_seed(0)
     rng = np.random.default_rng(0)
@@ -522,6 +523,7 @@ def test_bad_inputs_are_clear_errors():
         tfcompress.sensitivity_analysis(model, (probe(model), np.zeros(16)), sparsities=(1.5,))
 
 
+@pytest.mark.slow
 def test_every_model_kind_and_compact_layer_prunes():
     x = None
     for model in (models.resnet20("ghost", input_shape=(8, 8, 1)),

@@ -11,6 +11,8 @@ import numpy as np
 import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# Every test here runs a tool in a subprocess (and most train): the slow tier.
+pytestmark = pytest.mark.slow
 
 
 def _run(tool, *args, timeout=600):
@@ -73,7 +75,7 @@ def test_sensitivity_tool_writes_csv_png_json(pruned_run, tmp_path):
     import tfcompress
     from tfcompress import datasets
 
-    out, _, report = pruned_run
+    out, _, _ = pruned_run
     result = _run("sensitivity.py", f"--model={out / 'small_cnn_pruned.keras'}",
                   "--sparsities=0.0,0.5", "--examples=200", f"--output_dir={tmp_path}")
     assert result.returncode == 0, result.stderr[-3000:]

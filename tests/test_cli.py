@@ -14,6 +14,8 @@ import numpy as np
 import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# Every test here runs a tool in a subprocess (and most train): the slow tier.
+pytestmark = pytest.mark.slow
 
 
 def _run(tool, *args):

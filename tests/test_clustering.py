@@ -359,6 +359,7 @@ def lenet_clustered(digits):
     return model, before, clustered
 
 
+@pytest.mark.slow
 def test_lenet_clustered_to_16_values_keeps_accuracy(digits, lenet_clustered):
     (_, _), (xt, yt) = digits
     model, before, clustered = lenet_clustered

@@ -45,6 +45,7 @@ def _kernel(model, name):
     return np.asarray(model.get_layer(name).kernel)
 
 
+@pytest.mark.slow
 def test_each_layer_reaches_its_sparsity_and_cluster_count(result):
     model, out = result
     for name, target in SPARSITY.items():
@@ -60,6 +61,7 @@ def test_each_layer_reaches_its_sparsity_and_cluster_count(result):
     assert np.count_nonzero(_kernel(model, "fc1")) == _kernel(model, "fc1").size
 
 
+@pytest.mark.slow
 def test_accuracy_survives_each_stage(result, digits):
     _, out = result
     _, (x_test, y_test) = digits
@@ -71,6 +73,7 @@ def test_accuracy_survives_each_stage(result, digits):
     assert measured == pytest.approx(acc["clustered"])
 
 
+@pytest.mark.slow
 def test_container_round_trip_is_bit_exact_and_small(result, digits, tmp_path):
     _, out = result
     path = str(tmp_path / "lenet.tfcz")
@@ -84,6 +87,7 @@ def test_container_round_trip_is_bit_exact_and_small(result, digits, tmp_path):
     assert dense_bytes / os.path.getsize(path) > 8.0
 
 
+@pytest.mark.slow
 def test_compressed_model_exports_integer_only_with_parity(result, digits):
     _, out = result
     (x_train, _), (x_test, _) = digits
@@ -153,6 +157,7 @@ def _tool(name, *args):
     )
 
 
+@pytest.mark.slow
 def test_compress_recipe_and_inspect_tool(tmp_path):
     out_dir = tmp_path / "out"
     run = _tool(
@@ -193,6 +198,7 @@ def test_compress_recipe_and_inspect_tool(tmp_path):
     assert "checksum" in (bad.stdout + bad.stderr).lower()
 
 
+@pytest.mark.slow
 def test_auto_sparsity_comes_from_a_weight_sensitivity_analysis(result, digits):
     """DeepCompressionConfig(sparsity="auto"): each layer is pruned to the largest
     sparsity its own sensitivity curve allows within max_accuracy_drop."""

@@ -72,6 +72,7 @@ def test_dense_variants_and_verify_report():
     assert report["argmax_agreement"] == 1.0
 
 
+@pytest.mark.slow
 def test_dynamic_and_float16_modes_shrink_the_file():
     inputs = keras.Input((8, 8, 4))
     x = keras.layers.Conv2D(64, 3)(inputs)

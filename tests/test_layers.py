@@ -655,6 +655,7 @@ def model_binary(inputs):
     ],
     ids=["ghost", "ghost_bottleneck", "shift", "adder", "binary"],
 )
+@pytest.mark.slow
 def test_training_on_digits(rng, digits, make_model, min_accuracy):
     """4 epochs of Adam on the 1437 training digits: the loss falls 5x, the held-out
     accuracy is far above chance (0.1). Seeded; observed: train loss / 20 or more,
@@ -716,6 +717,7 @@ print(json.dumps(dict(before_mb=before, peak_mb=peak, loss=loss, grad_norm=grad_
 
 
 @pytest.mark.parametrize("mode, batch", [("fit", 64), ("eager", 8)])
+@pytest.mark.slow
 def test_adder_conv_training_step_memory(mode, batch):
     """One training step of AdderConv 32x32x64 -> 64 (3x3) stays far from the full
     (batch, 32, 32, 576, 64) difference tensor (9.7 GB at batch 64).
@@ -743,8 +745,11 @@ def test_adder_conv_training_step_memory(mode, batch):
     growth_mb = stats["peak_mb"] - stats["before_mb"]
     assert math.isfinite(stats["loss"]) and math.isfinite(stats["grad_norm"])
     # Measured with these settings: graph mode 0.11x of the full tensor, eager
-    # 0.18x. Without the chunking, or with every chunk taped, growth is >= 2x.
-    limit = 0.3 if mode == "fit" else 0.75
+    # 0.18x alone, but 0.86x and 0.91x inside two full CI runs (not reproduced
+    # alone, with other load, or with one thread). Without the chunking (the full
+    # difference tensor and its absolute value) or with every chunk taped, growth
+    # is >= 2x, so 1.5x still catches both regressions.
+    limit = 0.3 if mode == "fit" else 1.5
     assert growth_mb < limit * full_mb, (
         f"{mode} step at batch {batch}: peak RSS grew {growth_mb:.0f} MB; "
         f"the full difference tensor is {full_mb:.0f} MB"

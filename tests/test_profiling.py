@@ -75,6 +75,7 @@ def test_resnet20_conv_macs_by_hand():
     assert total["trainable_params"] == 272_474
 
 
+@pytest.mark.slow
 def test_resnet20_variants_count_what_replaces_the_multiplications():
     shape = (8, 8, 1)
     conv = profile(models.resnet20("conv", input_shape=shape))

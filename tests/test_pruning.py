@@ -232,6 +232,7 @@ def lenet_pruned(digits):
     return model, before, pruned, probe, 6 * steps
 
 
+@pytest.mark.slow
 def test_lenet_pruned_to_90_percent_exactly_and_keeps_accuracy(digits, lenet_pruned):
     (_, _), (xt, yt) = digits
     model, before, pruned, probe, total_steps = lenet_pruned
@@ -286,6 +287,7 @@ def test_strip_pruning_gives_the_same_model_without_wrappers(digits, lenet_prune
     assert isinstance(pruned.layers[2], PruneLowMagnitude)
 
 
+@pytest.mark.slow
 def test_stripped_pruned_model_exports_int8(digits, lenet_pruned):
     (x, _), (xt, _) = digits
     stripped = strip_pruning(lenet_pruned[2])
@@ -391,6 +393,7 @@ def test_pruner_in_a_custom_training_loop(digits):
         "predictions/kernel": round(0.6 * 1000) / 1000}
 
 
+@pytest.mark.slow
 def test_keras_file_round_trip_mid_schedule_resumes(tmp_path, digits):
     (x, y), (xt, _) = digits
     keras.utils.set_random_seed(0)

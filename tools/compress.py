@@ -209,6 +209,20 @@ def build_model(name, input_shape, num_classes, conv="conv", width=1.0):
     return getattr(models, name)(input_shape=input_shape, num_classes=num_classes)
 
 
+_START = time.perf_counter()
+OUT = None  # the run's `tfcompress.cli.Outputs` (staged files, moved in place on success)
+
+
+def fit_verbose():
+    """Keras' progress bar on a terminal; one line per epoch in a log or a pipe."""
+    return 1 if sys.stdout.isatty() else 2
+
+
+def stage(text):
+    """Prints one stage line with the time since the job started."""
+    print(f"{text}   [{time.perf_counter() - _START:.1f} s]", flush=True)
+
+
 def main(argv):
     global OUT
     from tfcompress import cli
@@ -227,7 +241,7 @@ def _main():
     keras.utils.set_random_seed(FLAGS.seed)
     stem = FLAGS.model + (f"_{FLAGS.conv}" if FLAGS.model == "resnet20" else "")
 
-    print(f"[1/7] data: {FLAGS.dataset}")
+    stage(f"[1/7] data: {FLAGS.dataset}")
     (x_train, y_train), (x_test, y_test) = datasets.load(FLAGS.dataset, data_dir=FLAGS.data_dir)
     num_classes = int(max(y_train.max(), y_test.max())) + 1
     print(f"      train {x_train.shape}, test {x_test.shape}, {num_classes} classes")
@@ -241,9 +255,9 @@ def _main():
             raise SystemExit(f"--load={FLAGS.load}: not a valid .keras archive ({error})") \
                 from None
         stem = os.path.splitext(os.path.basename(FLAGS.load))[0]
-        print(f"[2/7] model: loaded {FLAGS.load}")
+        stage(f"[2/7] model: loaded {FLAGS.load}")
     else:
-        print(f"[2/7] model: {stem}")
+        stage(f"[2/7] model: {stem}")
         model = build_model(FLAGS.model, x_train.shape[1:], num_classes, FLAGS.conv, FLAGS.width)
     check_clusters(model)
     prof = profiling.profile(model)
@@ -251,12 +265,12 @@ def _main():
 
     history = {}
     if FLAGS.load:
-        print("[3/7] train: skipped (--load)")
+        stage("[3/7] train: skipped (--load)")
         model.compile(optimizer=keras.optimizers.Adam(FLAGS.learning_rate),
                       loss="sparse_categorical_crossentropy", metrics=["accuracy"])
         train_seconds = 0.0
     else:
-        print(f"[3/7] train: {FLAGS.epochs} epochs")
+        stage(f"[3/7] train: {FLAGS.epochs} epochs")
         model.compile(
             optimizer=keras.optimizers.Adam(FLAGS.learning_rate),
             loss="sparse_categorical_crossentropy",
@@ -268,7 +282,7 @@ def _main():
             batch_size=FLAGS.batch_size,
             epochs=FLAGS.epochs,
             validation_split=0.1,
-            verbose=2,
+            verbose=fit_verbose(),
         ).history
         train_seconds = time.perf_counter() - start
     recalibrated = check_batchnorm(model, x_train, y_train, "the trained model")
@@ -282,17 +296,17 @@ def _main():
         deep_compression_stage(model, stem, (x_train, y_train), (x_test, y_test), history)
         return
 
-    print("[4/7] save .keras")
+    stage("[4/7] save .keras")
     keras_path = OUT.path(stem + ".keras", f"the trained float model ({stem}_float.tflite "
                           "was exported from it)")
     model.save(keras_path)
 
-    print("[5/7] export float .tflite")
+    stage("[5/7] export float .tflite")
     tflite = export.to_tflite(model, mode="float32")
     tflite_path = OUT.path(stem + "_float.tflite", f"float32 TFLite of {stem}.keras")
     write_atomic(tflite_path, tflite)
 
-    print("[6/7] verify .tflite against Keras with LiteRT")
+    stage("[6/7] verify .tflite against Keras with LiteRT")
     check = export.verify(tflite, model, x_test[: FLAGS.verify_examples])
     lite_probs, _ = export.run_tflite(tflite, x_test)
     tflite_acc = float((lite_probs.argmax(-1) == y_test).mean())
@@ -308,6 +322,15 @@ def _main():
     if not plot_stages(stages, f"{stem} on {FLAGS.dataset}: training of every stage",
                        plot_path):
         OUT.discard(os.path.basename(plot_path))
+    qat_model = int8.pop("model", None)
+    if qat_model is not None:
+        bits_path = OUT.path(stem + "_bits.png", "weight storage per layer, float32 vs int8")
+        int8_prof = profiling.profile(qat_model)
+        kib = [p["total"]["param_bits"] / 8192 for p in (prof, int8_prof)]
+        title = (f"{stem} on {FLAGS.dataset}: weights {kib[0]:.1f} KiB as float32, "
+                 f"{kib[1]:.1f} KiB as int8")
+        if not plot_bits(prof, int8_prof, title, bits_path):
+            OUT.discard(os.path.basename(bits_path))
     report = {
         "model": stem,
         "dataset": FLAGS.dataset,
@@ -357,7 +380,47 @@ def _main():
         raise SystemExit(f"int8 stage failed: {int8['error']}")
 
 
-def plot_weights(before, after, layer_name, path, centroids=None):
+def plot_bits(float_profile, int8_profile, title, path):
+    """Bar chart of each layer's weight storage (KiB) in the float model and in the
+    int8 (QAT) model, layers matched by name; False without matplotlib."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return False
+    import numpy as np
+
+    def per_layer(profile):
+        rows = {}
+        for row in profile["layers"]:
+            name = row["name"].removeprefix("quant_")
+            if row.get("param_bits"):
+                rows[name] = rows.get(name, 0) + row["param_bits"] / 8 / 1024
+        return rows
+
+    before, after = per_layer(float_profile), per_layer(int8_profile)
+    names = list(before) + [n for n in after if n not in before]
+    positions = np.arange(len(names))
+    fig, ax = plt.subplots(figsize=(max(6, 0.7 * len(names) + 2), 4.5))
+    ax.bar(positions - 0.2, [before.get(n, 0) for n in names], 0.4, label="float32",
+           color="tab:gray")
+    ax.bar(positions + 0.2, [after.get(n, 0) for n in names], 0.4, label="int8 (QAT)",
+           color="tab:blue")
+    ax.set_xticks(positions)
+    ax.set_xticklabels(names, rotation=45, ha="right", fontsize=8)
+    ax.set_ylabel("weight storage (KiB)")
+    ax.set_title(title)
+    ax.legend()
+    ax.grid(axis="y", alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return True
+
+
+def plot_weights(before, after, layer_name, path, title=None):
     """Histogram of one layer's non-zero weights before/after weight sharing (the
     paper's Figure 5); returns False without matplotlib."""
     try:
@@ -381,13 +444,15 @@ def plot_weights(before, after, layer_name, path, centroids=None):
         ax.set_xlabel("weight value")
         ax.set_ylabel("count")
         ax.grid(alpha=0.3)
+    if title:
+        fig.suptitle(title)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
     return True
 
 
-def plot_sparsity(rows, path):
+def plot_sparsity(rows, path, title="sparsity per layer"):
     """Bar chart of the fraction of weights pruned per layer; False without matplotlib."""
     try:
         import matplotlib
@@ -404,7 +469,7 @@ def plot_sparsity(rows, path):
                     bar.get_height()), ha="center", va="bottom")
     ax.set_ylabel("weights pruned (%)")
     ax.set_ylim(0, 105)
-    ax.set_title("sparsity per layer")
+    ax.set_title(title)
     ax.grid(axis="y", alpha=0.3)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
@@ -432,11 +497,11 @@ def deep_compression_stage(model, stem, train, test, history):
         learning_rate=FLAGS.learning_rate, learning_rate_decay=FLAGS.lr_decay,
         augment_shift=FLAGS.augment_shift, seed=FLAGS.seed,
     )
-    print(f"[4/7] prune -> retrain -> share weights ({clusters} clusters, "
+    stage(f"[4/7] prune -> retrain -> share weights ({clusters} clusters, "
           f"{FLAGS.cluster_init} init) -> fine-tune")
     result = deep_compression.run(model, train, test, config, verbose=2)
 
-    print("[5/7] Huffman-coded container")
+    stage("[5/7] Huffman-coded container")
     container = OUT.path(stem + ".tfcz", "the Huffman-coded container (tools/inspect_file.py "
                          "reads it; tools/evaluate.py --model= evaluates it)")
     coding.save_compressed(result.model, container)
@@ -451,7 +516,7 @@ def deep_compression_stage(model, stem, train, test, history):
     result.model.save(OUT.path(stem + "_compressed.keras", "the pruned and clustered Keras "
                                f"model ({stem}.tfcz and {stem}_int8.tflite hold it)"))
 
-    print("[6/7] int8 .tflite (post-training, from the compressed weights)")
+    stage("[6/7] int8 .tflite (post-training, from the compressed weights)")
     int8 = {}
     if FLAGS.quantize != "none":
         tflite = export.to_tflite(result.model, x_train[: FLAGS.calibration_examples])
@@ -465,7 +530,7 @@ def deep_compression_stage(model, stem, train, test, history):
         print(f"      int8 test accuracy {int8['test_accuracy']:.4f}, argmax agreement with "
               f"Keras {parity['argmax_agreement']:.4f}")
 
-    print("[7/7] report")
+    stage("[7/7] report")
     float_tflite = export.to_tflite(model, mode="float32")
     float_weights = [w for layer in model.layers for w in layer.get_weights()]
     params = int(sum(w.size for w in float_weights))
@@ -505,8 +570,12 @@ def deep_compression_stage(model, stem, train, test, history):
     training_path = OUT.path(stem + "_training.png", "training curves of every stage")
     stages = {"float training": history, **result.histories}
     for path, written in (
-        (hist_path, plot_weights(before_kernel, after_kernel, largest["layer"], hist_path)),
-        (sparsity_path, plot_sparsity(result.sparsity, sparsity_path)),
+        (hist_path, plot_weights(before_kernel, after_kernel, largest["layer"], hist_path,
+                                 f"{stem} on {FLAGS.dataset}: weight sharing, "
+                                 f"{clusters if isinstance(clusters, int) else 'per-layer'}"
+                                 " clusters")),
+        (sparsity_path, plot_sparsity(result.sparsity, sparsity_path,
+                                      f"{stem} on {FLAGS.dataset}: weights pruned per layer")),
         (training_path, plot_stages(stages, f"{stem} on {FLAGS.dataset}: training of every "
                                     "stage", training_path)),
     ):
@@ -632,14 +701,14 @@ def channel_pruning_stage(model, stem, train, test, history):
             regularizer, target = pruning.GroupLasso(FLAGS.sparsity_strength), "kernel"
         else:
             regularizer, target = keras.regularizers.L1(FLAGS.sparsity_strength), "gamma"
-        print(f"[4/7] sparsity training: {FLAGS.sparsity_training} "
+        stage(f"[4/7] sparsity training: {FLAGS.sparsity_training} "
               f"(strength {FLAGS.sparsity_strength}) for {FLAGS.sparsity_epochs} epochs")
         base = compiled(pruning.with_regularizer(model, regularizer, target), FLAGS.learning_rate)
         stages["sparsity training"] = base.fit(
             x_train, y_train, batch_size=FLAGS.batch_size, epochs=FLAGS.sparsity_epochs,
-            validation_split=0.1, verbose=2).history
+            validation_split=0.1, verbose=fit_verbose()).history
     else:
-        print("[4/7] sparsity training: none")
+        stage("[4/7] sparsity training: none")
     data = None
     if FLAGS.criterion in ("taylor", "dcp"):
         data = (x_train[: FLAGS.importance_examples], y_train[: FLAGS.importance_examples])
@@ -647,7 +716,7 @@ def channel_pruning_stage(model, stem, train, test, history):
         goal, target = f"sparsity {FLAGS.channel_sparsity}", None
     else:
         goal, target = f"{FLAGS.target_macs} of the MACs", {"macs": FLAGS.target_macs}
-    print(f"[5/7] prune channels: criterion {FLAGS.criterion}, keep {goal}")
+    stage(f"[5/7] prune channels: criterion {FLAGS.criterion}, keep {goal}")
     try:
         pruned = pruning.prune_channels(
             base, FLAGS.channel_sparsity, criterion=FLAGS.criterion, target=target, data=data,
@@ -665,11 +734,11 @@ def channel_pruning_stage(model, stem, train, test, history):
     tfcompress.recalibrate_batchnorm(pruned, x_train[: FLAGS.importance_examples * 4])
     acc_recalibrated = float(pruned.evaluate(x_test, y_test, batch_size=256, verbose=0)[1])
     print(f"      after BatchNorm recalibration: {acc_recalibrated:.4f}")
-    print(f"[6/7] fine-tune: {FLAGS.finetune_epochs} epochs")
+    stage(f"[6/7] fine-tune: {FLAGS.finetune_epochs} epochs")
     if FLAGS.finetune_epochs:
         stages["fine-tune"] = pruned.fit(
             x_train, y_train, batch_size=FLAGS.batch_size, epochs=FLAGS.finetune_epochs,
-            validation_split=0.1, verbose=2).history
+            validation_split=0.1, verbose=fit_verbose()).history
     acc_after = float(pruned.evaluate(x_test, y_test, batch_size=256, verbose=0)[1])
     acc_before = float(model.evaluate(x_test, y_test, batch_size=256, verbose=0)[1])
     keras_path = OUT.path(stem + "_pruned.keras", "the channel-pruned, fine-tuned float model")
@@ -677,6 +746,7 @@ def channel_pruning_stage(model, stem, train, test, history):
     int8 = quantize_stage(pruned, stem + "_pruned", x_train, y_train, x_test, y_test)
     if int8.get("history"):
         stages["QAT"] = int8.pop("history")
+    int8.pop("model", None)
 
     calibration = x_train[: FLAGS.calibration_examples]
     files = {"before": {"float": export.to_tflite(model, mode="float32")},
@@ -768,7 +838,7 @@ def quantize_stage(model, stem, x_train, y_train, x_test, y_test):
 
     if FLAGS.quantize == "none":
         return {}
-    print(f"[7/7] int8 ({FLAGS.quantize})")
+    stage(f"[7/7] int8 ({FLAGS.quantize})")
     calibration = x_train[: FLAGS.calibration_examples]
     try:
         if FLAGS.quantize == "qat":
@@ -779,7 +849,7 @@ def quantize_stage(model, stem, x_train, y_train, x_test, y_test):
                 metrics=["accuracy"],
             )
             qat_history = reference.fit(x_train, y_train, batch_size=FLAGS.batch_size,
-                                        epochs=FLAGS.qat_epochs, verbose=2).history
+                                        epochs=FLAGS.qat_epochs, verbose=fit_verbose()).history
             qat_path = OUT.path(stem + "_qat.keras", "the quantization-aware model "
                                 f"({stem}_int8.tflite was exported from it: evaluate them "
                                 "together)")
@@ -804,6 +874,7 @@ def quantize_stage(model, stem, x_train, y_train, x_test, y_test):
               "test_accuracy": accuracy, "parity": parity}
     if FLAGS.quantize == "qat":
         result["history"] = qat_history
+        result["model"] = reference
     return result
 
 
