@@ -462,7 +462,7 @@ def plot_sparsity(rows, path, title="sparsity per layer"):
     except ImportError:
         return False
     names = [row["layer"] for row in rows]
-    fig, ax = plt.subplots(figsize=(max(5, 1.2 * len(names)), 4))
+    fig, ax = plt.subplots(figsize=(max(6.5, 1.2 * len(names)), 4))
     bars = ax.bar(names, [100 * row["sparsity"] for row in rows], color="tab:green")
     for bar, row in zip(bars, rows):
         ax.annotate(f"{100 * row['sparsity']:.1f}%", (bar.get_x() + bar.get_width() / 2,
