@@ -1,0 +1,89 @@
+"""decompose_model (SVD, Tucker-2) against NumPy: exact at full rank, Eckart-Young error
+when truncated, MACs against profile, .keras round trip, bad inputs."""
+
+import keras
+import numpy as np
+import pytest
+
+import tfcompress
+from tfcompress.decomposition import decompose_model, svd_factors, tucker2_factors
+
+
+def _model(stride=2, padding="same", dilation=1):
+    inputs = keras.Input((9, 9, 6))
+    x = keras.layers.Conv2D(12, 3, strides=stride, padding=padding, dilation_rate=dilation,
+                            activation="relu", name="conv")(inputs)
+    x = keras.layers.Conv2D(10, 1, strides=2, name="pointwise")(x)
+    x = keras.layers.Flatten()(x)
+    return keras.Model(inputs, keras.layers.Dense(7, activation="softmax", name="fc")(x))
+
+
+@pytest.mark.parametrize("stride, padding, dilation", [(2, "same", 1), (1, "valid", 2),
+                                                        (1, "same", 1)])
+def test_full_rank_chains_compute_what_the_layers_computed(rng, stride, padding, dilation):
+    model = _model(stride, padding, dilation)
+    full = decompose_model(model, rank={"conv": (6, 12), "pointwise": 10, "fc": 7},
+                           only_if_fewer_macs=False)
+    x = rng.normal(size=(4, 9, 9, 6)).astype("float32")
+    np.testing.assert_allclose(full.predict(x, verbose=0), model.predict(x, verbose=0),
+                               atol=1e-5)
+    assert not any(layer.name in ("conv", "pointwise", "fc") for layer in full.layers)
+    report = full.decomposition_report
+    assert tfcompress.profile(full)["total"]["macs"] == sum(r["macs"][1] for r in report.layers)
+    assert all(r["error"] < 1e-6 for r in report.layers)
+
+
+def test_truncated_svd_error_is_the_tail_of_the_spectrum(rng):
+    w = rng.normal(size=(20, 12))
+    s = np.linalg.svd(w, compute_uv=False)
+    for r in (1, 5, 11):
+        a, b, error = svd_factors(w, r)
+        assert error == pytest.approx(np.sqrt(np.sum(s[r:] ** 2) / np.sum(s ** 2)), rel=1e-6)
+        assert np.linalg.norm(w - a @ b) == pytest.approx(np.sqrt(np.sum(s[r:] ** 2)), rel=1e-5)
+
+
+def test_tucker2_error_matches_its_reconstruction(rng):
+    kernel = rng.normal(size=(3, 3, 8, 10))
+    first, core, last, error = tucker2_factors(kernel, (4, 5))
+    approx = np.einsum("hwab,ca,bo->hwco", core, first[0, 0], last[0, 0])
+    assert error == pytest.approx(np.linalg.norm(kernel - approx) / np.linalg.norm(kernel),
+                                  rel=1e-4)
+    # orthonormal factors, as HOSVD / HOOI give
+    np.testing.assert_allclose(first[0, 0].T @ first[0, 0], np.eye(4), atol=1e-5)
+
+
+def test_energy_and_ratio_choose_smaller_layers_and_keep_the_input_model(rng):
+    model = _model()
+    before = [w.copy() for w in model.get_weights()]
+    small = decompose_model(model, energy=0.8)
+    assert all(r["ranks"][0] < 12 for r in small.decomposition_report.layers)
+    kept = decompose_model(model, ratio=0.5).decomposition_report
+    for row in kept.layers:
+        assert row["params"][1] <= 0.5 * row["params"][0] + 7  # bias counted on both sides
+    for a, b in zip(before, model.get_weights()):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_decomposed_model_saves_and_loads(rng, tmp_path):
+    small = decompose_model(_model(), energy=0.9)
+    small.save(tmp_path / "small.keras")
+    loaded = keras.saving.load_model(tmp_path / "small.keras")
+    x = rng.normal(size=(3, 9, 9, 6)).astype("float32")
+    np.testing.assert_array_equal(loaded.predict(x, verbose=0), small.predict(x, verbose=0))
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"rank": 0}, "rank=0"),
+    ({"rank": {"fc": 99}}, "at most 7"),
+    ({"rank": {"conv": (7, 12)}}, "at most (6, 12)"),
+    ({"energy": 1.5}, "energy=1.5"),
+    ({"ratio": 0.0}, "ratio=0.0"),
+    ({"rank": 3, "energy": 0.5}, "rank, energy"),
+    ({"method": "cpd", "rank": 2}, "method='cpd'"),
+    ({"rank": {"nope": 2}}, "'nope'"),
+    ({"exclude": ("nope",), "rank": 2}, "'nope'"),
+])
+def test_bad_inputs_name_the_value(kwargs, message):
+    with pytest.raises(ValueError, match=None) as info:
+        decompose_model(_model(), **kwargs)
+    assert message in str(info.value), str(info.value)

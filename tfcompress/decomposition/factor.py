@@ -1,0 +1,124 @@
+"""The factorizations themselves, NumPy in and out: truncated SVD and Tucker-2.
+
+- Truncated SVD (Eckart-Young): W (m x n) = U S V^T; the rank-r approximation
+  W_r = U_r S_r V_r^T has ||W - W_r||_F^2 = sum_{i > r} s_i^2, the least of any rank r.
+  A Dense layer (or a 1x1 Conv2D) becomes Dense(r, no bias) with kernel U_r S_r and
+  Dense(n) with kernel V_r^T (Jaderberg et al. 2014; Denton et al. 2014).
+- Tucker-2 (Kim et al., ICLR 2016): a conv kernel K (k_h, k_w, C_in, C_out) is
+  approximated as G x_3 U_in x_4 U_out, U_in (C_in x R1) and U_out (C_out x R2) with
+  orthonormal columns, core G (k_h, k_w, R1, R2). The layer becomes 1x1 (C_in -> R1,
+  kernel U_in), k x k (R1 -> R2, kernel G, the layer's strides / padding / dilation)
+  and 1x1 (R2 -> C_out, kernel U_out^T, the layer's bias and activation). The factors
+  come from tensorly's `partial_tucker` (HOOI from the HOSVD start).
+
+Ranks are chosen by `ranks_for_energy` (the smallest rank whose singular values hold a
+fraction of the squared spectrum) or `ranks_for_ratio` (parameters kept).
+"""
+
+import math
+
+import numpy as np
+
+__all__ = [
+    "svd_factors",
+    "svd_rank_for_energy",
+    "svd_rank_for_ratio",
+    "tucker2_factors",
+    "tucker2_ranks_for_energy",
+    "tucker2_ranks_for_ratio",
+    "unfold",
+]
+
+
+def unfold(kernel, mode):
+    """Mode-`mode` unfolding: rows index axis `mode`, columns all the other axes."""
+    return np.moveaxis(np.asarray(kernel, np.float64), mode, 0).reshape(kernel.shape[mode], -1)
+
+
+def _energy_rank(singular_values, energy):
+    squared = np.square(np.asarray(singular_values, np.float64))
+    total = squared.sum()
+    if total == 0.0:
+        return 1
+    kept = np.cumsum(squared) / total
+    return int(min(len(squared), np.searchsorted(kept, energy - 1e-12) + 1))
+
+
+def svd_factors(matrix, rank):
+    """Rank-`rank` factors of `matrix` (m x n): A (m x r) = U_r S_r, B (r x n) = V_r^T.
+
+    Args:
+        matrix: a 2-D array.
+        rank: 1 <= rank <= min(m, n).
+
+    Returns:
+        `(a, b, error)`: float32 factors with `a @ b` the best rank-r approximation,
+        and its relative error ||W - a b||_F / ||W||_F = sqrt(sum_{i > r} s_i^2 / sum s_i^2).
+    """
+    w = np.asarray(matrix, np.float64)
+    u, s, vt = np.linalg.svd(w, full_matrices=False)
+    a = u[:, :rank] * s[:rank]
+    b = vt[:rank]
+    total = float(np.sum(s**2))
+    error = math.sqrt(float(np.sum(s[rank:] ** 2)) / total) if total else 0.0
+    return a.astype(np.float32), b.astype(np.float32), error
+
+
+def svd_rank_for_energy(matrix, energy):
+    """The smallest r whose singular values hold `energy` of sum s_i^2."""
+    return _energy_rank(np.linalg.svd(np.asarray(matrix, np.float64), compute_uv=False), energy)
+
+
+def svd_rank_for_ratio(shape, ratio):
+    """The largest r with r * (m + n) <= ratio * m * n (at least 1)."""
+    m, n = shape
+    return max(1, math.floor(ratio * m * n / (m + n)))
+
+
+def tucker2_factors(kernel, ranks, seed=0):
+    """Tucker-2 factors of a conv kernel (k_h, k_w, C_in, C_out) at ranks (R1, R2).
+
+    Returns:
+        `(first, core, last, error)`: float32 kernels of the three convolutions,
+        shapes (1, 1, C_in, R1), (k_h, k_w, R1, R2), (1, 1, R2, C_out), and the
+        relative reconstruction error ||K - K_hat||_F / ||K||_F.
+    """
+    import tensorly as tl
+    from tensorly.decomposition import partial_tucker
+
+    k = np.asarray(kernel, np.float64)
+    r1, r2 = ranks
+    previous = tl.get_backend()
+    tl.set_backend("numpy")
+    try:
+        (core, (u_in, u_out)), _ = partial_tucker(
+            k, rank=[r1, r2], modes=[2, 3], init="svd", n_iter_max=100, tol=1e-8,
+            random_state=seed,
+        )
+    finally:
+        tl.set_backend(previous)
+    approx = np.einsum("hwab,ca,ob->hwco", core, u_in, u_out)
+    norm = np.linalg.norm(k)
+    error = float(np.linalg.norm(k - approx) / norm) if norm else 0.0
+    first = u_in[None, None].astype(np.float32)               # (1, 1, C_in, R1)
+    last = u_out.T[None, None].astype(np.float32)             # (1, 1, R2, C_out)
+    return first, np.asarray(core, np.float32), last, error
+
+
+def tucker2_ranks_for_energy(kernel, energy):
+    """(R1, R2): the energy rank of the input-channel and output-channel unfoldings."""
+    return tuple(
+        _energy_rank(np.linalg.svd(unfold(kernel, mode), compute_uv=False), energy)
+        for mode in (2, 3)
+    )
+
+
+def tucker2_ranks_for_ratio(kernel_shape, ratio):
+    """(R, R) with R the largest rank whose three kernels hold <= ratio of the weights:
+    C_in R + k_h k_w R^2 + R C_out <= ratio * k_h k_w C_in C_out (at least 1)."""
+    kh, kw, c_in, c_out = kernel_shape
+    budget = ratio * kh * kw * c_in * c_out
+    a, b = kh * kw, c_in + c_out
+    r = math.floor((-b + math.sqrt(b * b + 4 * a * budget)) / (2 * a))
+    r = max(1, min(r, c_in, c_out))
+    return (r, r)
