@@ -29,6 +29,7 @@ setup(
         "absl-py",
         "ai-edge-litert",
         "matplotlib",
+        "tensorly",  # CP / Tucker decompositions (tfcompress.decomposition), NumPy backend
     ],
     extras_require={
         "test": ["pytest", "hypothesis", "ruff"],

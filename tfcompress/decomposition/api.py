@@ -11,7 +11,7 @@ from tfcompress.decomposition import factor
 
 __all__ = ["METHODS", "DecompositionReport", "decompose_model"]
 
-METHODS = ("auto", "svd", "tucker2")
+METHODS = ("auto", "svd", "tucker2", "cp")
 RANK_SELECTIONS = ("vbmf",)
 
 
@@ -70,7 +70,9 @@ def decompose_model(model, *, method="auto", rank=None, energy=None, ratio=None,
     - Dense and 1x1 Conv2D: truncated SVD, W (m x n) ~= U_r S_r V_r^T as Dense(r, no
       bias) -> Dense(n) (or two 1x1 convolutions, the first with the stride).
     - Conv2D k x k: Tucker-2 (Kim et al. 2016), 1x1 (C_in -> R1) -> k x k (R1 -> R2,
-      same strides / padding / dilation) -> 1x1 (R2 -> C_out, bias, activation).
+      same strides / padding / dilation) -> 1x1 (R2 -> C_out, bias, activation); or,
+      with method="cp", CP (Lebedev et al. 2015): 1x1 (C_in -> R) -> depthwise
+      k_h x 1 -> depthwise 1 x k_w -> 1x1 (R -> C_out).
 
     A layer is replaced only when the chain has fewer multiply-adds than the layer.
     Weights come from the decomposition; the model is ready for fine-tuning, pruning,
@@ -79,7 +81,7 @@ def decompose_model(model, *, method="auto", rank=None, energy=None, ratio=None,
     Args:
         model: a built functional or Sequential model (nested models flattened).
         method: "auto" (SVD for Dense / 1x1, Tucker-2 for k x k), "svd" (only Dense and
-            1x1 convolutions) or "tucker2" (only k x k convolutions).
+            1x1 convolutions), "tucker2" or "cp" (only k x k convolutions).
         rank: an int for every layer, or {layer name: int or (R1, R2)}; layers not in
             the dict are kept.
         energy: keep the smallest rank whose singular values hold this fraction of
@@ -135,13 +137,15 @@ def decompose_model(model, *, method="auto", rank=None, energy=None, ratio=None,
         kind = _decomposable(layer)
         if kind is None or name in exclude:
             continue
-        if (method == "svd" and kind == "conv") or (method == "tucker2" and kind != "conv"):
+        if (method == "svd" and kind == "conv") or (method in ("tucker2", "cp")
+                                                      and kind != "conv"):
             continue
         layer_rank = rank.get(name) if isinstance(rank, dict) else rank
         if isinstance(rank, dict) and layer_rank is None:
             continue
         node = graph.nodes_of(layer)[0]
-        plan = _plan(layer, name, kind, node, layer_rank, energy, ratio, seed)
+        plan = _plan(layer, name, "cp" if method == "cp" and kind == "conv" else kind, node,
+                     layer_rank, energy, ratio, seed)
         rows.append(plan["row"])
         if not only_if_fewer_macs:
             plan["row"]["replaced"] = True
@@ -210,6 +214,34 @@ def _plan(layer, name, kind, node, layer_rank, energy, ratio, seed):
         macs = (m * n * p_out, r * (m + n) * p_out)
         params = (m * n + len(bias) * n, r * (m + n) + len(bias) * n)
         ranks, method = (r,), "svd"
+    elif kind == "cp":
+        kh, kw, c_in, c_out = kernel.shape
+        r = _cp_rank(kernel, name, layer_rank, energy, ratio)
+        first, vertical, horizontal, last, error = factor.cp_factors(kernel, r, seed)
+        (sh, sw), (dh, dw) = layer.strides, layer.dilation_rate
+        configs = [
+            (keras.layers.Conv2D, {"filters": r, "kernel_size": 1, "use_bias": False,
+                                   "name": f"{name}_cp_in"}),
+            (keras.layers.DepthwiseConv2D, {"kernel_size": (kh, 1), "strides": (sh, 1),
+                                            "padding": layer.padding,
+                                            "dilation_rate": (dh, 1), "use_bias": False,
+                                            "name": f"{name}_cp_vertical"}),
+            (keras.layers.DepthwiseConv2D, {"kernel_size": (1, kw), "strides": (1, sw),
+                                            "padding": layer.padding,
+                                            "dilation_rate": (1, dw), "use_bias": False,
+                                            "name": f"{name}_cp_horizontal"}),
+            (keras.layers.Conv2D, {"filters": c_out, "kernel_size": 1,
+                                   "activation": activation, "use_bias": layer.use_bias,
+                                   "name": f"{name}_cp_out"}),
+        ]
+        weights = [[first], [vertical], [horizontal], [last] + bias]
+        h_mid = in_shape[2]  # after the vertical pass: output rows, input columns
+        p_mid = (out_shape[1] or 1) * (h_mid or 1)
+        macs = (kh * kw * c_in * c_out * p_out,
+                c_in * r * p_in + kh * r * p_mid + kw * r * p_out + r * c_out * p_out)
+        nb = len(bias) * c_out
+        params = (kh * kw * c_in * c_out + nb, r * (c_in + kh + kw + c_out) + nb)
+        ranks, method = (r,), "cp"
     else:
         kh, kw, c_in, c_out = kernel.shape
         r1, r2 = _tucker_ranks(kernel, name, layer_rank, energy, ratio)
@@ -254,6 +286,22 @@ def _svd_rank(matrix, name, layer_rank, energy, ratio):
     from tfcompress.decomposition.vbmf import evbmf_rank
 
     return max(1, min(limit, evbmf_rank(matrix)))
+
+
+def _cp_rank(kernel, name, layer_rank, energy, ratio):
+    if layer_rank is not None:
+        _check_rank_value(layer_rank, f"rank[{name!r}]")
+        if isinstance(layer_rank, tuple):
+            raise ValueError(f"Layer {name!r} is decomposed by CP: give one rank, not a "
+                             f"pair. Received: {layer_rank!r}")
+        return int(layer_rank)
+    if ratio is not None:
+        return factor.cp_rank_for_ratio(kernel.shape, ratio)
+    if energy is not None:  # CP has no spectrum: the energy rank of the output unfolding
+        return factor.svd_rank_for_energy(factor.unfold(kernel, 3), energy)
+    from tfcompress.decomposition.vbmf import evbmf_rank
+
+    return max(1, evbmf_rank(factor.unfold(kernel, 3)))
 
 
 def _tucker_ranks(kernel, name, layer_rank, energy, ratio):

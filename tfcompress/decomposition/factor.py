@@ -1,5 +1,10 @@
 """The factorizations themselves, NumPy in and out: truncated SVD and Tucker-2.
 
+- CP (Lebedev et al., ICLR 2015): K[i, j, c, o] ~= sum_r A[i, r] B[j, r] C[c, r] D[o, r];
+  the layer becomes 1x1 (C_in -> R, kernel C), depthwise k_h x 1 (A, the vertical
+  stride), depthwise 1 x k_w (B, the horizontal stride) and 1x1 (R -> C_out, kernel
+  D^T with the weights folded in, bias, activation). Factors from tensorly's `parafac`
+  (ALS from the SVD start).
 - Truncated SVD (Eckart-Young): W (m x n) = U S V^T; the rank-r approximation
   W_r = U_r S_r V_r^T has ||W - W_r||_F^2 = sum_{i > r} s_i^2, the least of any rank r.
   A Dense layer (or a 1x1 Conv2D) becomes Dense(r, no bias) with kernel U_r S_r and
@@ -20,6 +25,8 @@ import math
 import numpy as np
 
 __all__ = [
+    "cp_factors",
+    "cp_rank_for_ratio",
     "svd_factors",
     "svd_rank_for_energy",
     "svd_rank_for_ratio",
@@ -122,3 +129,40 @@ def tucker2_ranks_for_ratio(kernel_shape, ratio):
     r = math.floor((-b + math.sqrt(b * b + 4 * a * budget)) / (2 * a))
     r = max(1, min(r, c_in, c_out))
     return (r, r)
+
+
+def cp_factors(kernel, rank, seed=0):
+    """CP factors of a conv kernel (k_h, k_w, C_in, C_out) at rank R.
+
+    Returns:
+        `(first, vertical, horizontal, last, error)`: float32 kernels of the chain,
+        shapes (1, 1, C_in, R), (k_h, 1, R, 1), (1, k_w, R, 1) (depthwise) and
+        (1, 1, R, C_out), and the relative reconstruction error
+        ||K - K_hat||_F / ||K||_F of the factors returned.
+    """
+    import tensorly as tl
+    from tensorly.decomposition import parafac
+
+    k = np.asarray(kernel, np.float64)
+    previous = tl.get_backend()
+    tl.set_backend("numpy")
+    try:
+        weights, (a, b, c, d) = parafac(k, rank, init="svd", n_iter_max=500, tol=1e-10,
+                                        random_state=seed, normalize_factors=False)
+    finally:
+        tl.set_backend(previous)
+    d = d * np.asarray(weights)[None, :]
+    approx = np.einsum("ir,jr,cr,or->ijco", a, b, c, d)
+    norm = np.linalg.norm(k)
+    error = float(np.linalg.norm(k - approx) / norm) if norm else 0.0
+    first = c[None, None].astype(np.float32)
+    vertical = a[:, None, :, None].astype(np.float32)
+    horizontal = b[None, :, :, None].astype(np.float32)
+    last = d.T[None, None].astype(np.float32)
+    return first, vertical, horizontal, last, error
+
+
+def cp_rank_for_ratio(kernel_shape, ratio):
+    """The largest R with R (C_in + k_h + k_w + C_out) <= ratio * k_h k_w C_in C_out."""
+    kh, kw, c_in, c_out = kernel_shape
+    return max(1, int(ratio * kh * kw * c_in * c_out // (c_in + kh + kw + c_out)))
