@@ -29,6 +29,7 @@ from tfcompress.layers import (
     BinaryDense,
     GhostBottleneck,
     GhostConv,
+    HashedDense,
     ShiftConv,
     Sign,
 )
@@ -158,6 +159,17 @@ def _lower_binary(layer, x, prefix):
     return out
 
 
+def _lower_hashed(layer, x, prefix):
+    """HashedDense -> Dense with the expanded virtual matrix (the file stores it dense)."""
+    new = layers.Dense(layer.units, activation=layer.activation, use_bias=layer.use_bias,
+                       name=prefix)
+    out = new(x)
+    weights = [ops.convert_to_numpy(layer.virtual_kernel())]
+    new.set_weights(weights + ([ops.convert_to_numpy(layer.bias)] if layer.use_bias else []))
+    return out
+
+
+register_layer_traits(HashedDense, lowering=_lower_hashed)
 register_layer_traits(BinaryConv, lowering=_lower_binary)
 register_layer_traits(BinaryDense, lowering=_lower_binary)
 register_layer_traits(GhostConv, lowering=_lower_ghost)

@@ -59,6 +59,7 @@ from tfcompress.layers import (
     BinaryDense,
     GhostBottleneck,
     GhostConv,
+    HashedDense,
     Shift,
     ShiftConv,
 )
@@ -347,6 +348,13 @@ def _count_dense(layer, input_shape, output_shape):
     return {"macs": _size(layer.kernel) * rows}
 
 
+def _count_hashed_dense(layer, input_shape, output_shape):
+    # The virtual matrix's multiply-adds; only the buckets are stored.
+    rows = _static_prod(output_shape[1:-1], layer, "output shape")
+    return {"macs": int(input_shape[-1]) * layer.units * rows,
+            "note": f"{layer.buckets} shared weights"}
+
+
 def _count_nothing(layer, input_shape, output_shape):
     return {}
 
@@ -439,6 +447,7 @@ for _cls in (
     register_counter(_cls, _count_nothing)
 register_counter(AdderConv, _count_adder_conv)
 register_counter(AdderDense, _count_adder_dense)
+register_counter(HashedDense, _count_hashed_dense)
 register_counter(BinaryConv, _count_binary_conv)
 register_counter(BinaryDense, _count_binary_dense)
 register_counter(ShiftConv, _count_shift_conv)

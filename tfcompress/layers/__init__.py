@@ -1,4 +1,4 @@
-"""Compact Keras 3 layers: Ghost, Shift, Adder and Binary convolutions."""
+"""Compact Keras 3 layers: Ghost, Shift, Adder and Binary convolutions, HashedDense."""
 
 from tfcompress.layers.adder import (
     AdderConv,
@@ -15,6 +15,7 @@ from tfcompress.layers.binary import (
     ste_sign,
 )
 from tfcompress.layers.ghost import GhostBottleneck, GhostConv, make_divisible
+from tfcompress.layers.hashed import HashedDense, hash_indices
 from tfcompress.layers.shift import Shift, ShiftConv, shift_offsets
 
 __all__ = [
@@ -24,6 +25,7 @@ __all__ = [
     "BinaryDense",
     "GhostBottleneck",
     "GhostConv",
+    "HashedDense",
     "Shift",
     "ShiftConv",
     "Sign",
@@ -31,6 +33,7 @@ __all__ = [
     "adaptive_gradient_scale",
     "adder_distance",
     "approx_sign",
+    "hash_indices",
     "make_divisible",
     "shift_offsets",
     "ste_sign",
