@@ -113,6 +113,7 @@ def test_cp_chain_computes_the_convolution_of_its_reconstructed_kernel(rng, stri
     assert row["params"][1] == 8 * (6 + 3 + 3 + 12) + 12
 
 
+@pytest.mark.slow
 def test_decomposed_model_exports_integer_only_within_one_step(rng):
     """QAT of a decomposed model (SVD, Tucker-2 and CP chains), int8 export: every op
     integer and the file within one output step of Keras. Logits out: behind a softmax a

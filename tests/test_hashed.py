@@ -89,6 +89,7 @@ def test_trains_saves_lowers_and_profiles(rng, tmp_path):
     assert (row["params"], row["macs"]) == (40 + 16, 20 * 16)
 
 
+@pytest.mark.slow
 def test_qat_int8_export_is_within_one_step(rng):
     model = _model()
     qat = tfcompress.quantize_model(model)

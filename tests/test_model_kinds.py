@@ -218,6 +218,7 @@ def test_pruned_trains_strips_and_keeps_shared_layers_shared(kind):
         assert len(pruned.get_layer(wrapper.name)._inbound_nodes) == 2  # still one layer
 
 
+@pytest.mark.slow
 def test_clustered_trains_and_strips(kind):
     _, model, _ = kind
     x, y = data_for(model, 64)
