@@ -133,3 +133,21 @@ def test_decomposed_model_exports_integer_only_within_one_step(rng):
         export.check_integer_only(tflite, qat)
         report = export.verify(tflite, qat, rng.uniform(size=(128, 9, 9, 6)).astype("float32"))
         assert report["within_1_step"] >= 0.999, (method, report)
+
+
+def test_sequential_nested_and_multi_input_models(rng):
+    """Every model kind: the decomposed model computes what the original did at full
+    rank, and its structure of inputs and outputs is kept."""
+    seq = keras.Sequential([keras.Input((10,)), keras.layers.Dense(8, activation="relu"),
+                            keras.layers.Dense(3)])
+    inner_in = keras.Input((10,))
+    inner = keras.Model(inner_in, keras.layers.Dense(8, name="inner_fc")(inner_in))
+    a, b = keras.Input((10,), name="a"), keras.Input((10,), name="b")
+    merged = keras.layers.Concatenate()([inner(a), keras.layers.Dense(4, name="side")(b)])
+    multi = keras.Model([a, b], keras.layers.Dense(3, name="head")(merged))
+    x = rng.normal(size=(5, 10)).astype("float32")
+    for model, data in ((seq, x), (multi, [x, x[::-1].copy()])):
+        full = decompose_model(model, energy=1.0, only_if_fewer_macs=False)
+        assert len(full.decomposition_report.layers) == (2 if model is seq else 3)
+        np.testing.assert_allclose(full.predict(data, verbose=0), model.predict(data, verbose=0),
+                                   atol=1e-5)

@@ -13,6 +13,7 @@ Public API:
     quantization  quantize_model (QAT, BatchNorm folding), quantize_annotate_layer
     lowering   lower_model: composite layers as the standard layers they are made of
     recalibration  recalibrate_batchnorm: moving statistics recomputed over data
+    decomposition  decompose_model: SVD / Tucker-2 / CP low-rank chains, EVBMF ranks
     coding     Huffman + sparse coding, save_compressed / load_compressed container
     export     to_tflite (int8 / dynamic / float16 / float32), run_tflite, verify
     pipelines  deep_compression: the prune -> cluster -> code pipeline (Han et al. 2016)
@@ -29,6 +30,7 @@ from tfcompress import (
     coding,
     core,
     datasets,
+    decomposition,
     deep_compression,
     export,
     layers,
@@ -69,6 +71,7 @@ __all__ = [
     "core",
     "count_layer",
     "datasets",
+    "decomposition",
     "deep_compression",
     "estimate_energy",
     "export",
