@@ -12,6 +12,12 @@ the multiply-adds (or a sparsity) by a criterion -> fine-tuning -> int8 export -
 a before/after table (params, MACs, accuracy, file sizes, LiteRT latency), a JSON
 report and PNGs of the channels kept per group and of every stage's training.
 
+With `--recipe=low_rank` the stages after training are low-rank decomposition's:
+`decompose_model` (SVD for Dense / 1x1, Tucker-2 or CP for k x k; ranks by --energy or
+EVBMF) -> BatchNorm recalibration -> fine-tuning -> int8 export -> a before/after table
+(params, MACs, accuracy, file sizes, LiteRT latency), a JSON report and PNGs of the
+singular-value spectra (chosen ranks marked) and of every stage's training.
+
 With `--recipe=deep_compression` the stages after training are Deep
 Compression's (Han et al., ICLR 2016): prune with retraining -> k-means weight
 sharing with centroid fine-tuning -> Huffman-coded container (reloaded and
@@ -26,6 +32,7 @@ Usage:
     python tools/compress.py --model=lenet5 --dataset=mnist --data_dir=/path/to/npz
     python tools/compress.py --quantize=ptq          # int8 by calibration, no fine-tuning
     python tools/compress.py --recipe=channel_pruning --criterion=fpgm --target_macs=0.5
+    python tools/compress.py --recipe=low_rank --energy=0.9
     python tools/compress.py --recipe=channel_pruning --load=out/small_cnn.keras
         --sparsity_training=bn_l1 --criterion=bn_scale     (one command line)
 
@@ -70,10 +77,19 @@ flags.DEFINE_float("qat_learning_rate", 1e-4, "QAT fine-tuning Adam learning rat
                    lower_bound=0.0)
 flags.DEFINE_integer("calibration_examples", 200, "Training inputs used to calibrate int8.",
                      lower_bound=1)
-flags.DEFINE_enum("recipe", "default", ("default", "deep_compression", "channel_pruning"),
+flags.DEFINE_enum("recipe", "default",
+                  ("default", "deep_compression", "channel_pruning", "low_rank"),
                   "default: train, export, quantize. deep_compression: prune, share "
                   "weights, Huffman-code, then export int8. channel_pruning: remove "
-                  "channels (a smaller, faster model), fine-tune, export int8.")
+                  "channels (a smaller, faster model), fine-tune, export int8. low_rank: "
+                  "decompose layers (SVD, Tucker-2, CP), fine-tune, export int8.")
+flags.DEFINE_float("energy", None, "low_rank: keep the smallest ranks whose singular values "
+                   "hold this fraction of the squared spectrum (default: EVBMF ranks).",
+                   lower_bound=0.0, upper_bound=1.0)
+flags.DEFINE_enum("rank_selection", "vbmf", ("vbmf",), "low_rank: how ranks are chosen "
+                  "without --energy (empirical variational Bayesian matrix factorization).")
+flags.DEFINE_enum("decomposition", "auto", ("auto", "svd", "tucker2", "cp"),
+                  "low_rank: SVD for Dense / 1x1 and Tucker-2 for k x k (auto), or one method.")
 flags.DEFINE_string("load", None, "A trained .keras model to start from instead of training "
                     "(--model and --epochs are then not used).")
 flags.DEFINE_enum("criterion", "l1", ("l1", "l2", "fpgm", "bn_scale", "taylor", "dcp", "random"),
@@ -114,18 +130,20 @@ flags.DEFINE_integer("augment_shift", 0, "deep_compression: move each training i
                      lower_bound=0)
 
 
-DEFAULT, DEEP, CHANNELS = ("--recipe=default", "--recipe=deep_compression",
-                           "--recipe=channel_pruning")
+DEFAULT, DEEP, CHANNELS, LOW_RANK = ("--recipe=default", "--recipe=deep_compression",
+                                     "--recipe=channel_pruning", "--recipe=low_rank")
 # Flags that apply to some recipes only; the others apply to every recipe.
 RECIPE_FLAGS = {
-    "qat_epochs": (DEFAULT, CHANNELS), "qat_learning_rate": (DEFAULT, CHANNELS),
+    "qat_epochs": (DEFAULT, CHANNELS, LOW_RANK),
+    "qat_learning_rate": (DEFAULT, CHANNELS, LOW_RANK),
+    "energy": (LOW_RANK,), "rank_selection": (LOW_RANK,), "decomposition": (LOW_RANK,),
     "criterion": (CHANNELS,), "target_macs": (CHANNELS,), "channel_sparsity": (CHANNELS,),
     "round_to": (CHANNELS,), "sparsity_training": (CHANNELS,),
     "sparsity_strength": (CHANNELS,), "sparsity_epochs": (CHANNELS,),
     "importance_examples": (CHANNELS,),
     "sparsity": (DEEP,), "clusters": (DEEP,), "cluster_init": (DEEP,),
     "prune_epochs": (DEEP,), "retrain_epochs": (DEEP,), "lr_decay": (DEEP,),
-    "augment_shift": (DEEP,), "finetune_epochs": (DEEP, CHANNELS),
+    "augment_shift": (DEEP,), "finetune_epochs": (DEEP, CHANNELS, LOW_RANK),
 }
 
 
@@ -152,6 +170,10 @@ def check_flags(argv):
                                      "model is used as it is).")
         if not os.path.isfile(FLAGS.load):
             raise cli.UsageError(f"--load={FLAGS.load}: no such file.")
+    if FLAGS["energy"].present and FLAGS["rank_selection"].present:
+        raise cli.UsageError("give --energy or --rank_selection, not both.")
+    if FLAGS.energy is not None and FLAGS.energy <= 0:
+        raise cli.UsageError(f"--energy={FLAGS.energy}: must be in (0, 1].")
     if FLAGS["channel_sparsity"].present and FLAGS["target_macs"].present:
         raise cli.UsageError("give --channel_sparsity or --target_macs, not both.")
     if FLAGS.width <= 0:
@@ -291,6 +313,9 @@ def _main():
 
     if FLAGS.recipe == "channel_pruning":
         channel_pruning_stage(model, stem, (x_train, y_train), (x_test, y_test), history)
+        return
+    if FLAGS.recipe == "low_rank":
+        low_rank_stage(model, stem, (x_train, y_train), (x_test, y_test), history)
         return
     if FLAGS.recipe == "deep_compression":
         deep_compression_stage(model, stem, (x_train, y_train), (x_test, y_test), history)
@@ -820,6 +845,155 @@ def channel_pruning_stage(model, stem, train, test, history):
         "bytes": {side: {k: len(v) for k, v in kinds.items()} for side, kinds in files.items()},
         "latency_ms": latency,
         "groups": report.groups,
+        "int8": {k: v for k, v in int8.items() if k != "path"},
+        "files": OUT.files,
+    }
+    write_atomic(OUT.path(stem + "_report.json", "this report as JSON"),
+                 json.dumps(summary, indent=2, default=lambda v: np.asarray(v).tolist()))
+    if "error" in int8:
+        raise SystemExit(f"int8 stage failed: {int8['error']}")
+
+
+def plot_spectra(model, report, title, path):
+    """Each decomposed layer's singular values (of its weight matrix, or of the kernel's
+    output-channel unfolding), normalized, with the chosen rank marked; False without
+    matplotlib or without a decomposed layer."""
+    rows = [r for r in report.layers if r["replaced"]]
+    if not rows:
+        return False
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return False
+    import numpy as np
+
+    from tfcompress.decomposition.factor import unfold
+
+    fig, ax = plt.subplots(figsize=(8, 4.5))
+    for k, row in enumerate(rows):
+        kernel = np.asarray(model.get_layer(row["layer"]).kernel)
+        matrix = kernel.reshape(-1, kernel.shape[-1]) if kernel.ndim == 2 or \
+            kernel.shape[:2] == (1, 1) else unfold(kernel, 3)
+        values = np.linalg.svd(np.asarray(matrix, np.float64), compute_uv=False)
+        values = values / values[0]
+        line, = ax.plot(np.arange(1, len(values) + 1), values, marker=".", markersize=3,
+                        label=f"{row['layer']} ({row['method']}, rank "
+                              + "x".join(str(r) for r in row["ranks"]) + ")")
+        rank = row["ranks"][-1]
+        ax.plot([rank], [values[min(rank, len(values)) - 1]], marker="o", markersize=8,
+                markerfacecolor="none", color=line.get_color())
+    ax.set_yscale("log")
+    ax.set_xlabel("singular value index (from 1)")
+    ax.set_ylabel("singular value / largest")
+    ax.set_title(title)
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return True
+
+
+def low_rank_stage(model, stem, train, test, history):
+    """Decompose -> recalibrate BatchNorm -> fine-tune -> int8, and report."""
+    import keras
+    import numpy as np
+
+    import tfcompress
+    from tfcompress import export, profiling
+    from tfcompress.decomposition import decompose_model
+
+    x_train, y_train = train
+    x_test, y_test = test
+    how = f"energy {FLAGS.energy}" if FLAGS.energy is not None else f"{FLAGS.rank_selection} ranks"
+    stage(f"[4/7] decompose: {FLAGS.decomposition}, {how}")
+    try:
+        small = decompose_model(model, method=FLAGS.decomposition, energy=FLAGS.energy,
+                                rank_selection=FLAGS.rank_selection, seed=FLAGS.seed)
+    except ValueError as error:
+        raise SystemExit(f"decomposition failed: {error}") from None
+    report = small.decomposition_report
+    print(report)
+    small.compile(optimizer=keras.optimizers.Adam(FLAGS.learning_rate),
+                  loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+    tfcompress.recalibrate_batchnorm(small, x_train)
+    acc_decomposed = float(small.evaluate(x_test, y_test, batch_size=256, verbose=0)[1])
+    print(f"      test accuracy right after decomposition: {acc_decomposed:.4f}")
+    stage(f"[5/7] fine-tune: {FLAGS.finetune_epochs} epochs")
+    stages = {"float training": history}
+    if FLAGS.finetune_epochs:
+        stages["fine-tune"] = small.fit(
+            x_train, y_train, batch_size=FLAGS.batch_size, epochs=FLAGS.finetune_epochs,
+            validation_split=0.1, verbose=fit_verbose()).history
+    acc_after = float(small.evaluate(x_test, y_test, batch_size=256, verbose=0)[1])
+    acc_before = float(model.evaluate(x_test, y_test, batch_size=256, verbose=0)[1])
+    stage("[6/7] save .keras and float .tflite")
+    small.save(OUT.path(stem + "_low_rank.keras", "the decomposed, fine-tuned float model"))
+    int8 = quantize_stage(small, stem + "_low_rank", x_train, y_train, x_test, y_test)
+    if int8.get("history"):
+        stages["QAT"] = int8.pop("history")
+    int8.pop("model", None)
+    files = {"before": {"float": export.to_tflite(model, mode="float32")},
+             "after": {"float": export.to_tflite(small, mode="float32")}}
+    write_atomic(OUT.path(stem + "_low_rank_float.tflite",
+                          f"float32 TFLite of {stem}_low_rank.keras"), files["after"]["float"])
+    if int8.get("path"):
+        with open(int8["path"], "rb") as f:
+            files["after"]["int8"] = f.read()
+        try:
+            files["before"]["int8"] = export.to_tflite(
+                model, x_train[: FLAGS.calibration_examples])
+        except ValueError:
+            pass
+    latency = {side: {kind: export.measure_latency(blob, runs=100)["median_ms"]
+                      for kind, blob in kinds.items()} for side, kinds in files.items()}
+    before_prof, after_prof = profiling.profile(model)["total"], profiling.profile(small)["total"]
+
+    def ratio(a, b):
+        return f"{b / a:.3f}x" if a else "-"
+
+    rows = [("", "before", "after", "after / before")]
+    for label, a, b in (
+        ("parameters", before_prof["params"], after_prof["params"]),
+        ("multiply-adds / example", before_prof["macs"], after_prof["macs"]),
+        ("float .tflite bytes", len(files["before"]["float"]), len(files["after"]["float"])),
+    ):
+        rows.append((label, f"{a:,}", f"{b:,}", ratio(a, b)))
+    rows.append(("Keras test accuracy", f"{acc_before:.4f}", f"{acc_after:.4f}",
+                 f"{100 * (acc_after - acc_before):+.2f} pt"))
+    if int8.get("test_accuracy") is not None:
+        rows.append(("int8 .tflite test accuracy", "-", f"{int8['test_accuracy']:.4f}", ""))
+    for kind in ("float", "int8"):
+        a, b = latency["before"].get(kind), latency["after"].get(kind)
+        if a is not None and b is not None:
+            rows.append((f"LiteRT {kind} latency, batch 1 (ms)", f"{a:.3f}", f"{b:.3f}",
+                         ratio(a, b)))
+    widths = [max(len(row[i]) for row in rows) for i in range(4)]
+    print()
+    for row in rows:
+        print("  " + "  ".join(cell.ljust(w) if i == 0 else cell.rjust(w)
+                               for i, (cell, w) in enumerate(zip(row, widths))))
+    spectra_png = OUT.path(stem + "_spectra.png", "singular values per layer, chosen rank marked")
+    stages_png = OUT.path(stem + "_training.png", "training curves of every stage")
+    title = f"{stem} on {FLAGS.dataset}: {FLAGS.decomposition}, {how}"
+    for path, written in ((spectra_png, plot_spectra(model, report, title, spectra_png)),
+                          (stages_png, plot_stages(stages, f"{stem} on {FLAGS.dataset}: "
+                                                   "training of every stage", stages_png))):
+        if not written:
+            OUT.discard(os.path.basename(path))
+    summary = {
+        "model": stem, "recipe": "low_rank", "dataset": FLAGS.dataset,
+        "decomposition": FLAGS.decomposition, "energy": FLAGS.energy,
+        "rank_selection": None if FLAGS.energy is not None else FLAGS.rank_selection,
+        "accuracy": {"before": acc_before, "decomposed": acc_decomposed, "fine_tuned": acc_after},
+        "params": {"before": before_prof["params"], "after": after_prof["params"]},
+        "macs": {"before": before_prof["macs"], "after": after_prof["macs"]},
+        "bytes": {side: {k: len(v) for k, v in kinds.items()} for side, kinds in files.items()},
+        "latency_ms": latency,
+        "layers": report.layers,
         "int8": {k: v for k, v in int8.items() if k != "path"},
         "files": OUT.files,
     }
