@@ -154,9 +154,10 @@ def check_flags(argv):
     if len(argv) > 1:
         raise cli.UsageError(f"unexpected argument {argv[1]!r}; every input is a --flag.")
     cli.check_flags_apply(FLAGS, RECIPE_FLAGS, f"--recipe={FLAGS.recipe}")
-    if FLAGS.quantize == "ptq" and FLAGS.recipe != "deep_compression":
-        cli.check_flags_apply(FLAGS, {"qat_epochs": (), "qat_learning_rate": ()},
-                              "--quantize=ptq")
+    if FLAGS.quantize != "qat" and FLAGS.recipe != "deep_compression":
+        cli.check_flags_apply(FLAGS, {"qat_epochs": ("--quantize=qat",),
+                                      "qat_learning_rate": ("--quantize=qat",)},
+                              f"--quantize={FLAGS.quantize}")
     if FLAGS["conv"].present and FLAGS.model != "resnet20":
         raise cli.UsageError(f"--conv={FLAGS.conv} applies to --model=resnet20 only; "
                              f"received --model={FLAGS.model}.")
