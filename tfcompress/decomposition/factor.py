@@ -21,6 +21,7 @@ fraction of the squared spectrum) or `ranks_for_ratio` (parameters kept).
 """
 
 import math
+import warnings
 
 import numpy as np
 
@@ -147,8 +148,13 @@ def cp_factors(kernel, rank, seed=0):
     previous = tl.get_backend()
     tl.set_backend("numpy")
     try:
-        weights, (a, b, c, d) = parafac(k, rank, init="svd", n_iter_max=500, tol=1e-10,
-                                        random_state=seed, normalize_factors=False)
+        with warnings.catch_warnings():
+            # A rank above k_h or k_w is normal for CP: tensorly's SVD initialisation
+            # then fills the extra columns randomly and says so once per mode.
+            warnings.filterwarnings("ignore", message="Trying to compute SVD with n_eigenvecs",
+                                    category=UserWarning)
+            weights, (a, b, c, d) = parafac(k, rank, init="svd", n_iter_max=200, tol=1e-8,
+                                            random_state=seed, normalize_factors=False)
     finally:
         tl.set_backend(previous)
     d = d * np.asarray(weights)[None, :]
