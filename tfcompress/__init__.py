@@ -14,6 +14,9 @@ Public API:
     lowering   lower_model: composite layers as the standard layers they are made of
     recalibration  recalibrate_batchnorm: moving statistics recomputed over data
     decomposition  decompose_model: SVD / Tucker-2 / CP low-rank chains, EVBMF ranks
+    distillation   on keras.distillation: LogitsDistillation (right for every loss),
+               HintDistillation + fitnets_stage, EnsembleTeacher, MutualLearning,
+               data_distillation
     coding     Huffman + sparse coding, save_compressed / load_compressed container
     export     to_tflite (int8 / dynamic / float16 / float32), run_tflite, verify
     pipelines  deep_compression: the prune -> cluster -> code pipeline (Han et al. 2016)
@@ -32,6 +35,7 @@ from tfcompress import (
     datasets,
     decomposition,
     deep_compression,
+    distillation,
     export,
     layers,
     lowering,
@@ -73,6 +77,7 @@ __all__ = [
     "datasets",
     "decomposition",
     "deep_compression",
+    "distillation",
     "estimate_energy",
     "export",
     "format_profile",
