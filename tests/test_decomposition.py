@@ -73,21 +73,78 @@ def test_decomposed_model_saves_and_loads(rng, tmp_path):
     np.testing.assert_array_equal(loaded.predict(x, verbose=0), small.predict(x, verbose=0))
 
 
-@pytest.mark.parametrize("kwargs, message", [
-    ({"rank": 0}, "rank=0"),
-    ({"rank": {"fc": 99}}, "at most 7"),
-    ({"rank": {"conv": (7, 12)}}, "at most (6, 12)"),
-    ({"energy": 1.5}, "energy=1.5"),
-    ({"ratio": 0.0}, "ratio=0.0"),
-    ({"rank": 3, "energy": 0.5}, "rank, energy"),
-    ({"method": "cpd", "rank": 2}, "method='cpd'"),
-    ({"rank": {"nope": 2}}, "'nope'"),
-    ({"exclude": ("nope",), "rank": 2}, "'nope'"),
+def _snapshot(model):
+    """Copies of every weight array, the layer names and the number of layers."""
+    return [np.array(w, copy=True) for w in model.get_weights()], [
+        layer.name for layer in model.layers], len(model.layers)
+
+
+def _assert_unchanged(model, snapshot):
+    weights, names, count = snapshot
+    after = model.get_weights()
+    assert len(after) == len(weights)
+    assert all(np.array_equal(a, b) for a, b in zip(weights, after))
+    assert [layer.name for layer in model.layers] == names
+    assert len(model.layers) == count
+    assert not hasattr(model, "decomposition_report")
+
+
+# Every bad input decompose_model rejects, with the received value its message names
+# (and, for a rank too large, the limit).
+BAD_INPUTS = [
+    ({"rank": 0}, ("rank=0",)),
+    ({"rank": -3}, ("rank=-3",)),
+    ({"rank": {"fc": 0}}, ("rank['fc']=0",)),
+    ({"rank": {"conv": (0, 4)}}, ("rank['conv']=(0, 4)",)),
+    ({"rank": {"fc": 99}}, ("rank 99", "'fc'", "at most 7")),  # SVD
+    ({"rank": {"pointwise": 13}}, ("rank 13", "'pointwise'", "at most 10")),  # SVD, 1x1
+    ({"rank": {"conv": (7, 12)}}, ("(7, 12)", "'conv'", "at most (6, 12)")),  # Tucker-2
+    ({"rank": {"conv": (6, 13)}}, ("(6, 13)", "'conv'", "at most (6, 12)")),  # Tucker-2
+    ({"energy": 1.5}, ("energy=1.5",)),
+    ({"energy": 0}, ("energy=0",)),
+    ({"energy": -0.2}, ("energy=-0.2",)),
+    ({"ratio": 0.0}, ("ratio=0.0",)),
+    ({"ratio": 1.01}, ("ratio=1.01",)),
+    ({"rank": 3, "energy": 0.5}, ("rank=3, energy=0.5",)),
+    ({"energy": 0.5, "ratio": 0.5}, ("energy=0.5, ratio=0.5",)),
+    ({"rank": 3, "ratio": 0.5}, ("rank=3, ratio=0.5",)),
+    ({"method": "cpd", "rank": 2}, ("method='cpd'",)),
+    ({"rank_selection": "bayes"}, ("rank_selection='bayes'",)),
+    ({"rank": {"nope": 2}}, ("'nope'",)),
+    ({"exclude": ("nope",), "rank": 2}, ("'nope'",)),
+    ({"exclude": ("nope",)}, ("'nope'",)),
+]
+
+
+@pytest.mark.parametrize("kwargs, texts", BAD_INPUTS)
+def test_bad_inputs_name_the_value_and_leave_the_input_model_unchanged(kwargs, texts):
+    model = _model()
+    snapshot = _snapshot(model)
+    with pytest.raises(ValueError) as info:
+        decompose_model(model, **kwargs)
+    for text in texts:
+        assert text in str(info.value), (text, str(info.value))
+    _assert_unchanged(model, snapshot)
+
+
+@pytest.mark.parametrize("kwargs", [
+    {},  # EVBMF ranks
+    {"energy": 0.8},
+    {"ratio": 0.5},
+    {"rank": {"conv": (3, 4), "fc": 2}},
+    {"method": "cp", "rank": 4},
+    {"method": "svd", "rank": 2, "exclude": ("fc",)},
+    {"rank": {"conv": (6, 12), "pointwise": 10, "fc": 7}, "only_if_fewer_macs": False},
 ])
-def test_bad_inputs_name_the_value(kwargs, message):
-    with pytest.raises(ValueError, match=None) as info:
-        decompose_model(_model(), **kwargs)
-    assert message in str(info.value), str(info.value)
+def test_a_successful_call_leaves_the_input_model_unchanged(rng, kwargs):
+    model = _model()
+    snapshot = _snapshot(model)
+    x = rng.normal(size=(2, 9, 9, 6)).astype("float32")
+    expected = model.predict(x, verbose=0)
+    small = decompose_model(model, **kwargs)
+    assert small is not model
+    _assert_unchanged(model, snapshot)
+    np.testing.assert_array_equal(model.predict(x, verbose=0), expected)
 
 
 @pytest.mark.parametrize("stride, padding", [(2, "same"), (1, "valid")])

@@ -114,8 +114,8 @@ def decompose_model(model, *, method="auto", rank=None, energy=None, ratio=None,
     if method not in METHODS:
         raise ValueError(f"`method` must be one of {', '.join(METHODS)}. Received: "
                          f"method={method!r}")
-    given = [name for name, v in (("rank", rank), ("energy", energy), ("ratio", ratio))
-             if v is not None]
+    given = [f"{name}={v!r}" for name, v in (("rank", rank), ("energy", energy),
+                                              ("ratio", ratio)) if v is not None]
     if len(given) > 1:
         raise ValueError(f"Give one of rank, energy and ratio. Received: {', '.join(given)}")
     energy, ratio = _check_fraction("energy", energy), _check_fraction("ratio", ratio)
