@@ -344,3 +344,21 @@ def test_recalibration_recovers_a_channel_pruned_model():
         tfcompress.recalibrate_batchnorm(pruned, x)
         after = pruned.evaluate(xt, yt, verbose=0)[1]
         assert after > 0.85 and after > before + 0.1, (criterion, before, after)
+
+
+def test_mode_accuracies_measures_without_changing_the_model(rng):
+    keras.utils.set_random_seed(0)
+    model = tfcompress.models.small_cnn(input_shape=(8, 8, 1))
+    x = rng.random((300, 8, 8, 1)).astype("float32")
+    y = rng.integers(0, 10, 300)
+    twin = keras.models.clone_model(model)
+    twin.set_weights(model.get_weights())
+    state = [np.array(v) for v in model.weights]
+    result = tfcompress.recalibration.mode_accuracies(model, x, y, batch_size=100)
+    for before, variable in zip(state, model.weights):  # moving statistics included
+        np.testing.assert_array_equal(before, np.asarray(variable))
+    inference = np.asarray(twin(x, training=False)).argmax(-1)
+    training = np.concatenate([np.asarray(twin(x[i:i + 100], training=True)).argmax(-1)
+                               for i in range(0, 300, 100)])
+    assert result == {"inference": float(np.mean(inference == y)),
+                      "training": float(np.mean(training == y))}

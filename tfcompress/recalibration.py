@@ -238,7 +238,8 @@ def mode_accuracies(model, x, y, *, examples=1000, batch_size=256):
         batch_size: batch size; training-mode BatchNorm normalizes per batch.
 
     Returns:
-        {"inference": accuracy, "training": accuracy}.
+        {"inference": accuracy, "training": accuracy}. The model is not changed
+        (the training-mode pass's updates of moving statistics are undone).
 
     Example:
         >>> mode_accuracies(model, x_train, y_train)
@@ -246,9 +247,16 @@ def mode_accuracies(model, x, y, *, examples=1000, batch_size=256):
     """
     x, y = x[:examples], np.asarray(y[:examples]).reshape(-1)
     inference = np.asarray(model.predict(x, batch_size=batch_size, verbose=0))
-    training = np.concatenate([
-        np.asarray(model(x[i:i + batch_size], training=True))
-        for i in range(0, len(x), batch_size)
-    ])
+    # A training-mode call moves BatchNormalization's moving statistics (and any other
+    # state a layer updates in training): put them back, the model is only measured.
+    state = [np.array(v) for v in model.non_trainable_variables]
+    try:
+        training = np.concatenate([
+            np.asarray(model(x[i:i + batch_size], training=True))
+            for i in range(0, len(x), batch_size)
+        ])
+    finally:
+        for variable, value in zip(model.non_trainable_variables, state):
+            variable.assign(value)
     return {"inference": float(np.mean(inference.argmax(-1) == y)),
             "training": float(np.mean(training.argmax(-1) == y))}
