@@ -223,3 +223,25 @@ def test_auto_sparsity_comes_from_a_weight_sensitivity_analysis(result, digits):
         deep_compression.DeepCompressionConfig(sparsity="most")
     with pytest.raises(ValueError, match="max_accuracy_drop=-1"):
         deep_compression.DeepCompressionConfig(sparsity="auto", max_accuracy_drop=-1)
+
+
+def test_more_clusters_than_values_left_after_pruning_shares_each_value(digits):
+    """small_cnn's conv1 (144 weights) keeps 15 non-zero weights at 90% sparsity: 32
+    clusters become one per distinct value there (was a ValueError after training)."""
+    keras.utils.set_random_seed(0)
+    (x_train, y_train), test = digits
+    model = models.small_cnn(input_shape=(8, 8, 1))
+    config = deep_compression.DeepCompressionConfig(
+        sparsity=0.9, clusters=32, prune_epochs=1, retrain_epochs=0, finetune_epochs=1,
+        batch_size=64,
+    )
+    out = deep_compression.run(model, (x_train[:256], y_train[:256]), test, config, verbose=0)
+    before = _kernel(out.pruned_model, "conv1")
+    after = _kernel(out.model, "conv1")
+    distinct = np.unique(before[before != 0]).size
+    assert distinct < 32
+    np.testing.assert_array_equal(after == 0, before == 0)
+    assert np.unique(after[after != 0]).size <= distinct
+    for name in ("conv2", "conv3", "predictions"):
+        kernel = _kernel(out.model, name)
+        assert np.unique(kernel[kernel != 0]).size <= 32, name

@@ -27,7 +27,7 @@ import numpy as np
 
 from tfcompress import clustering, coding, datasets, pruning
 from tfcompress.core.graph import ModelGraph
-from tfcompress.core.traits import has_kernels
+from tfcompress.core.traits import has_kernels, kernel_variables
 
 __all__ = [
     "AUTO_SPARSITIES",
@@ -187,6 +187,38 @@ class DeepCompressionConfig:
                 )
 
 
+def _clusters_within_values(model, clusters, say):
+    """`clusters`, with each layer's k lowered to the distinct non-zero values its
+    kernels kept after pruning (k-means cannot have more clusters than values; with
+    k equal to them each value is its own centroid, so sharing loses nothing there).
+
+    Returns `clusters` itself when no layer needs it, else a dict {layer: k} of every
+    layer it covers (a layer left with fewer than 2 distinct values is not clustered).
+    """
+    graph = ModelGraph(model)
+    covered = {}
+    for layer in graph.layers:
+        name = graph.name_of(layer)
+        if isinstance(layer, keras.Model) or not has_kernels(layer):
+            continue
+        k = clusters.get(name) if isinstance(clusters, dict) else clusters
+        if k is not None:
+            covered[name] = (k, min(int(np.unique(v[v != 0]).size) for v in (
+                np.asarray(var) for var in kernel_variables(layer))))
+    if all(k <= distinct for k, distinct in covered.values()):
+        return clusters
+    result = {}
+    for name, (k, distinct) in covered.items():
+        if k > distinct:
+            say(f"  weight sharing: layer {name!r} kept {distinct} distinct non-zero "
+                f"weights after pruning, fewer than {k} clusters: "
+                + (f"{distinct} clusters (each value its own)" if distinct >= 2
+                   else "not clustered"))
+        if min(k, distinct) >= 2:
+            result[name] = min(k, distinct)
+    return result
+
+
 @dataclasses.dataclass
 class DeepCompressionResult:
     """What `run` produced.
@@ -232,7 +264,7 @@ def _check_decay(value):
 
 def train_classifier(
     model, x, y, epochs, learning_rate=1e-3, *, batch_size=128, learning_rate_decay="cosine",
-    augment_shift=0, seed=0, callbacks=(), verbose=0,
+    augment_shift=0, seed=0, callbacks=(), verbose=0, distillation=None,
 ):
     """Compiles `model` (Adam, sparse categorical cross-entropy) and trains it.
 
@@ -255,6 +287,12 @@ def train_classifier(
             `numpy.random.default_rng`).
         callbacks: Keras callbacks for `fit`.
         verbose: `fit` verbosity.
+        distillation: None, or the keyword arguments of a
+            `keras.distillation.Distiller` other than the student ("teacher",
+            "distillation_losses", optionally "distillation_loss_weights" and
+            "student_loss_weight"): `model` is then trained as its student (e.g. with
+            `tfcompress.distillation.LogitsDistillation`), with the same optimizer,
+            schedule, shifts and callbacks, and compiled alone afterwards.
 
     Returns:
         The training history: {metric name: [value per epoch]}.
@@ -276,25 +314,34 @@ def train_classifier(
         schedule = keras.optimizers.schedules.CosineDecay(
             learning_rate, decay_steps=steps, alpha=COSINE_ALPHA
         )
-    model.compile(
-        optimizer=keras.optimizers.Adam(schedule),
-        loss="sparse_categorical_crossentropy",
-        metrics=["accuracy"],
-    )
+    optimizer = keras.optimizers.Adam(schedule)
+    model.compile(optimizer=optimizer, loss="sparse_categorical_crossentropy",
+                  metrics=["accuracy"])
+    trained = model
+    if distillation is not None and epochs:
+        trained = keras.distillation.Distiller(student=model, **distillation)
+        trained.compile(optimizer=optimizer, loss="sparse_categorical_crossentropy",
+                        metrics=["accuracy"])
     history = {}
     if not epochs:
         return history
     if not augment_shift:
-        fitted = model.fit(x, y, batch_size=batch_size, epochs=epochs,
-                           callbacks=list(callbacks), verbose=verbose)
-        return dict(fitted.history)
-    rng = np.random.default_rng(seed)
-    for epoch in range(epochs):
-        shifted = datasets.random_shift(x, augment_shift, rng)
-        fitted = model.fit(shifted, y, batch_size=batch_size, epochs=epoch + 1,
-                           initial_epoch=epoch, callbacks=list(callbacks), verbose=verbose)
-        for name, values in fitted.history.items():
-            history.setdefault(name, []).extend(values)
+        fitted = trained.fit(x, y, batch_size=batch_size, epochs=epochs,
+                             callbacks=list(callbacks), verbose=verbose)
+        history = dict(fitted.history)
+    else:
+        rng = np.random.default_rng(seed)
+        for epoch in range(epochs):
+            shifted = datasets.random_shift(x, augment_shift, rng)
+            fitted = trained.fit(shifted, y, batch_size=batch_size, epochs=epoch + 1,
+                                 initial_epoch=epoch, callbacks=list(callbacks),
+                                 verbose=verbose)
+            for name, values in fitted.history.items():
+                history.setdefault(name, []).extend(values)
+    if trained is not model:
+        model.compile(optimizer=keras.optimizers.Adam(learning_rate),
+                      loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+        model.optimizer.build(model.trainable_variables)
     return history
 
 
@@ -317,7 +364,7 @@ def _schedules(model, sparsity, end_step, frequency):
     }
 
 
-def run(model, train, test, config=None, verbose=1):
+def run(model, train, test, config=None, verbose=1, distillation=None):
     """Runs pruning, trained quantization and coding on a trained float model.
 
     Args:
@@ -327,6 +374,9 @@ def run(model, train, test, config=None, verbose=1):
         test: (x, y) held-out data for the accuracy after each stage.
         config: a `DeepCompressionConfig` (defaults if None).
         verbose: 0 silent, 1 stage lines and Keras progress bars, 2 one line per epoch.
+        distillation: None, or `keras.distillation.Distiller` keyword arguments
+            (see `train_classifier`): every training stage (pruning and retraining,
+            centroid fine-tuning) then learns from that teacher too.
 
     Returns:
         A `DeepCompressionResult`.
@@ -348,6 +398,7 @@ def run(model, train, test, config=None, verbose=1):
         "learning_rate_decay": config.learning_rate_decay,
         "augment_shift": config.augment_shift,
         "verbose": verbose if verbose in (0, 1, 2) else 1,
+        "distillation": distillation,
     }
     seconds, accuracy = {}, {"float": _evaluate(model, test)}
     say(f"  float model: test accuracy {accuracy['float']:.4f}")
@@ -388,8 +439,9 @@ def run(model, train, test, config=None, verbose=1):
 
     # 2. Weight sharing with centroid fine-tuning.
     start = time.perf_counter()
+    clusters = _clusters_within_values(pruned_model, config.clusters, say)
     clustered = clustering.cluster_weights(
-        pruned_model, config.clusters, cluster_centroids_init=config.cluster_init,
+        pruned_model, clusters, cluster_centroids_init=config.cluster_init,
         preserve_sparsity=True, seed=config.seed,
     )
     if config.finetune_epochs:
