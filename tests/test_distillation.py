@@ -455,3 +455,45 @@ def test_qat_student_trained_by_distiller_exports_integer_only_with_parity():
     distiller.fit(x, y, epochs=2, batch_size=32, verbose=0)
     report = export.verify(export.to_tflite(student, x), student, x)
     assert report["within_1_step"] >= 0.999, report
+
+
+def test_clustered_student_keeps_its_codebook():
+    from tfcompress import cluster_weights, strip_clustering
+
+    teacher = _cnn(12, "teacher")
+    student = cluster_weights(_cnn(8, "student", seed=1), 6)
+    x = RNG.random((64, 8, 8, 1)).astype("float32")
+    y = RNG.integers(0, 4, 64)
+    distiller = Distiller(teacher, student, LogitsDistillation(4.0), student_loss_weight=0.3)
+    distiller.compile(optimizer=keras.optimizers.Adam(1e-2),
+                      loss="sparse_categorical_crossentropy")
+    distiller.fit(x, y, epochs=2, batch_size=16, verbose=0)
+    stripped = strip_clustering(student)
+    kernel = np.asarray(stripped.get_layer("conv2").kernel)
+    assert len(np.unique(kernel[kernel != 0])) <= 6
+
+
+def test_compact_and_decomposed_students_export_integer_only_with_parity():
+    from tfcompress.decomposition import decompose_model
+    from tfcompress.layers import GhostConv
+
+    keras.utils.set_random_seed(3)
+    inputs = keras.Input((8, 8, 1))
+    h = GhostConv(8, name="ghost")(inputs)
+    h = keras.layers.Conv2D(16, 3, padding="same", activation="relu", name="conv")(h)
+    h = keras.layers.GlobalAveragePooling2D()(h)
+    outputs = keras.layers.Dense(4, activation="softmax", name="out")(h)
+    compact = keras.Model(inputs, outputs, name="ghost_student")
+    teacher = _cnn(12, "teacher")
+    x = RNG.random((128, 8, 8, 1)).astype("float32")
+    y = RNG.integers(0, 4, 128)
+    for student in (compact, decompose_model(compact, method="tucker2", rank=4)):
+        distiller = Distiller(teacher, student, LogitsDistillation(4.0), student_loss_weight=0.3)
+        distiller.compile(optimizer=keras.optimizers.Adam(1e-3),
+                          loss="sparse_categorical_crossentropy")
+        distiller.fit(x, y, epochs=1, batch_size=32, verbose=0)
+        qat = quantize_model(student)
+        qat.compile(optimizer="adam", loss="sparse_categorical_crossentropy")
+        qat.fit(x, y, epochs=1, batch_size=32, verbose=0)
+        report = export.verify(export.to_tflite(qat, x), qat, x)
+        assert report["within_1_step"] >= 0.999, (student.name, report)

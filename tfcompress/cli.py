@@ -53,8 +53,9 @@ def _fd2_is_devnull():
 def _silence_native_stderr():
     """Sends file descriptor 2 (native code's stderr) to /dev/null; keeps Python's.
 
-    `tools/_quiet.py` does the same before TensorFlow is first imported; this is a
-    no-op when it already did."""
+    `tools/_quiet.py` does the same before TensorFlow is first imported, with its own
+    copy of these lines: any `tfcompress.*` import runs `tfcompress/__init__.py`, which
+    imports TensorFlow, whose import already logs. This is a no-op when it already did."""
     if _fd2_is_devnull():
         return
     try:

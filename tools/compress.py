@@ -25,6 +25,13 @@ checked bit-exact) -> int8 `.tflite` (post-training, from the compressed
 weights) -> a before/after table, a JSON report, and PNG plots (weight
 histogram before/after clustering, sparsity per layer).
 
+With `--teacher=teacher.keras` the student (the trained model for the default recipe, the
+pruned or decomposed model while it is fine-tuned, Deep Compression's pruning and centroid
+fine-tuning, and the QAT model) learns with knowledge
+distillation from that teacher (`--distill=logits`: soft targets at `--temperature`, labels
+weighted `--alpha`; `--distill=hints`: plus a FitNets hint, `--hint_layers=T:S`); the
+table adds the teacher's accuracy and the same training without distillation.
+
 Usage:
     python tools/compress.py                       # small_cnn on the shipped digits
     python tools/compress.py --recipe=deep_compression --model=lenet_300_100
@@ -33,6 +40,7 @@ Usage:
     python tools/compress.py --quantize=ptq          # int8 by calibration, no fine-tuning
     python tools/compress.py --recipe=channel_pruning --criterion=fpgm --target_macs=0.5
     python tools/compress.py --recipe=low_rank --energy=0.9
+    python tools/compress.py --recipe=channel_pruning --teacher=out/resnet20_conv.keras
     python tools/compress.py --recipe=channel_pruning --load=out/small_cnn.keras
         --sparsity_training=bn_l1 --criterion=bn_scale     (one command line)
 
@@ -42,9 +50,10 @@ Flags that do not apply to the chosen recipe are an error, not ignored.
 import os
 
 if __package__:  # tfcompress <command>: the tools are the package tfcompress_tools
-    from . import _quiet
+    from . import _quiet, plots
 else:  # python tools/<command>.py
     import _quiet
+    import plots
 _quiet.silence()
 
 import json
@@ -128,6 +137,21 @@ flags.DEFINE_enum("lr_decay", "cosine", ("cosine", "constant"),
 flags.DEFINE_integer("augment_shift", 0, "deep_compression: move each training image by a random "
                      "offset of up to this many pixels per axis, new every epoch (1 for MNIST).",
                      lower_bound=0)
+flags.DEFINE_string("teacher", None, "A trained .keras teacher: the student (the trained model, "
+                    "the pruned or decomposed model in fine-tuning, Deep Compression's pruning "
+                    "and fine-tuning stages, the QAT model) learns with knowledge distillation "
+                    "from it; the table adds the student trained the same way without it.")
+flags.DEFINE_enum("distill", "logits", ("logits", "hints", "none"),
+                  "with --teacher: soft targets (Hinton et al. 2015), FitNets hints plus soft "
+                  "targets, or none (the teacher is only evaluated).")
+flags.DEFINE_float("temperature", 4.0, "with --teacher: softmax temperature T of the soft "
+                   "targets (> 0).")
+flags.DEFINE_float("alpha", 0.1, "with --teacher: weight of the hard-label loss; the "
+                   "distillation loss gets 1 - alpha.", lower_bound=0.0, upper_bound=1.0)
+flags.DEFINE_string("hint_layers", None, "with --distill=hints: TEACHER_LAYER:STUDENT_LAYER, "
+                    "the teacher's hint layer and the student's guided layer.")
+flags.DEFINE_float("hint_weight", 0.1, "with --distill=hints: weight of the hint loss beside "
+                   "the soft targets' 1.", lower_bound=0.0)
 
 
 DEFAULT, DEEP, CHANNELS, LOW_RANK = ("--recipe=default", "--recipe=deep_compression",
@@ -144,7 +168,12 @@ RECIPE_FLAGS = {
     "sparsity": (DEEP,), "clusters": (DEEP,), "cluster_init": (DEEP,),
     "prune_epochs": (DEEP,), "retrain_epochs": (DEEP,), "lr_decay": (DEEP,),
     "augment_shift": (DEEP,), "finetune_epochs": (DEEP, CHANNELS, LOW_RANK),
+    "teacher": (DEFAULT, DEEP, CHANNELS, LOW_RANK),
+    "distill": (DEFAULT, DEEP, CHANNELS, LOW_RANK),
+    "temperature": (DEFAULT, DEEP, CHANNELS, LOW_RANK),
+    "alpha": (DEFAULT, DEEP, CHANNELS, LOW_RANK),
 }
+DISTILL_FLAGS = ("distill", "temperature", "alpha", "hint_layers", "hint_weight")
 
 
 def check_flags(argv):
@@ -171,6 +200,24 @@ def check_flags(argv):
                                      "model is used as it is).")
         if not os.path.isfile(FLAGS.load):
             raise cli.UsageError(f"--load={FLAGS.load}: no such file.")
+    if FLAGS.teacher is None:
+        cli.check_flags_apply(FLAGS, {name: ("--teacher",) for name in DISTILL_FLAGS},
+                              "no --teacher")
+    elif not os.path.isfile(FLAGS.teacher):
+        raise cli.UsageError(f"--teacher={FLAGS.teacher}: no such file.")
+    if FLAGS.temperature <= 0:
+        raise cli.UsageError(f"--temperature={FLAGS.temperature}: must be > 0.")
+    if FLAGS.distill == "hints" and FLAGS.recipe == "deep_compression":
+        raise cli.UsageError("--distill=hints does not apply with --recipe=deep_compression "
+                             "(its pruning wrappers rename the layers); use --distill=logits.")
+    if FLAGS.distill == "hints":
+        if not FLAGS.hint_layers or FLAGS.hint_layers.count(":") != 1 or not all(
+                FLAGS.hint_layers.split(":")):
+            raise cli.UsageError(f"--distill=hints needs --hint_layers=TEACHER_LAYER:"
+                                 f"STUDENT_LAYER; received --hint_layers={FLAGS.hint_layers}.")
+    elif FLAGS["hint_layers"].present or FLAGS["hint_weight"].present:
+        raise cli.UsageError(f"--hint_layers / --hint_weight apply to --distill=hints only; "
+                             f"received --distill={FLAGS.distill}.")
     if FLAGS["energy"].present and FLAGS["rank_selection"].present:
         raise cli.UsageError("give --energy or --rank_selection, not both.")
     if FLAGS.energy is not None and FLAGS.energy <= 0:
@@ -234,6 +281,121 @@ def build_model(name, input_shape, num_classes, conv="conv", width=1.0):
 
 _START = time.perf_counter()
 OUT = None  # the run's `tfcompress.cli.Outputs` (staged files, moved in place on success)
+TEACHER = None  # with --teacher: {"model", "accuracy", "without_kd", "with_kd"}
+
+
+def load_teacher(input_shape, num_classes, test):
+    """Loads --teacher and checks it against the data; its test accuracy is printed."""
+    import keras
+
+    import tfcompress  # noqa: F401  (registers the tfcompress layers)
+
+    try:
+        teacher = keras.saving.load_model(FLAGS.teacher)
+    except Exception as error:  # noqa: BLE001 - keras raises several kinds
+        raise SystemExit(f"--teacher={FLAGS.teacher}: not a valid .keras archive ({error})") \
+            from None
+    if getattr(teacher, "inputs", None) is None or len(teacher.inputs) != 1:
+        raise SystemExit(f"--teacher={FLAGS.teacher}: a teacher has one input.")
+    got = tuple(teacher.inputs[0].shape[1:])
+    if got != tuple(input_shape):
+        raise SystemExit(f"--teacher={FLAGS.teacher}: takes inputs of shape {got}; "
+                         f"--dataset={FLAGS.dataset} has {tuple(input_shape)}.")
+    classes = teacher.outputs[0].shape[-1]
+    if classes != num_classes:
+        raise SystemExit(f"--teacher={FLAGS.teacher}: outputs {classes} classes; "
+                         f"--dataset={FLAGS.dataset} has {num_classes}.")
+    teacher.compile(loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+    accuracy = float(teacher.evaluate(*test, batch_size=256, verbose=0)[1])
+    print(f"      teacher {FLAGS.teacher}: test accuracy {accuracy:.4f}, "
+          f"{teacher.count_params():,} parameters; distillation: {FLAGS.distill}"
+          + (f", T={FLAGS.temperature:g}, alpha={FLAGS.alpha:g}" if FLAGS.distill != "none"
+             else ""))
+    return {"model": teacher, "accuracy": accuracy, "without_kd": None, "with_kd": None}
+
+
+def student_fit(model, x, y, epochs, learning_rate, *, validation_split=0.1, distill=True,
+                hints=True):
+    """`model.fit` (Adam), or with --teacher a `keras.distillation.Distiller`'s: the
+    student learns from the labels (weight --alpha) and from the teacher (our
+    `LogitsDistillation`, plus `HintDistillation` with --distill=hints). Returns the
+    history dict; `model` is compiled for `evaluate` afterwards."""
+    import keras
+
+    def compile_plain():
+        model.compile(optimizer=keras.optimizers.Adam(learning_rate),
+                      loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+
+    if TEACHER is None or FLAGS.distill == "none" or not distill:
+        compile_plain()
+        return model.fit(x, y, batch_size=FLAGS.batch_size, epochs=epochs,
+                         validation_split=validation_split, verbose=fit_verbose()).history
+    from tfcompress.distillation import Distiller, HintDistillation, LogitsDistillation
+
+    losses, weights = [LogitsDistillation(FLAGS.temperature)], [1.0]
+    if FLAGS.distill == "hints" and hints:
+        teacher_layer, student_layer = FLAGS.hint_layers.split(":")
+        losses.append(HintDistillation(teacher_layer, student_layer))
+        weights.append(FLAGS.hint_weight)
+    try:
+        distiller = Distiller(TEACHER["model"], model, losses, weights,
+                              student_loss_weight=FLAGS.alpha)
+    except ValueError as error:
+        raise SystemExit(f"--teacher={FLAGS.teacher}: {error}") from None
+    distiller.compile(optimizer=keras.optimizers.Adam(learning_rate),
+                      loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+    history = distiller.fit(x, y, batch_size=FLAGS.batch_size, epochs=epochs,
+                            validation_split=validation_split, verbose=fit_verbose()).history
+    compile_plain()
+    # Built now, so that a saved student reloads with its optimizer's variables.
+    model.optimizer.build(model.trainable_variables)
+    return history
+
+
+def fit_with_and_without_teacher(model, train, test, epochs, learning_rate, what):
+    """`student_fit(model, ...)`; with --teacher, first the same training of a copy of
+    `model` without distillation (same start, same batch order), for the table.
+    Returns the history of `model`'s training."""
+    import keras
+
+    if TEACHER is None or FLAGS.distill == "none":
+        return student_fit(model, *train, epochs, learning_rate)
+    print(f"      {what} without distillation (the comparison), {epochs} epochs")
+    plain = keras.models.clone_model(model)
+    plain.set_weights(model.get_weights())
+    keras.utils.set_random_seed(FLAGS.seed + 1)
+    student_fit(plain, *train, epochs, learning_rate, distill=False)
+    TEACHER["without_kd"] = float(plain.evaluate(*test, batch_size=256, verbose=0)[1])
+    print(f"      {what} with distillation from --teacher, {epochs} epochs")
+    keras.utils.set_random_seed(FLAGS.seed + 1)
+    history = student_fit(model, *train, epochs, learning_rate)
+    TEACHER["with_kd"] = float(model.evaluate(*test, batch_size=256, verbose=0)[1])
+    return history
+
+
+def distillation_rows():
+    """Table rows: teacher, student without and with distillation (empty without
+    --teacher)."""
+    if TEACHER is None:
+        return []
+    rows = [("teacher test accuracy", f"{TEACHER['accuracy']:.4f}")]
+    without, with_kd = TEACHER["without_kd"], TEACHER["with_kd"]
+    if without is not None:
+        rows += [("student test accuracy without KD", f"{without:.4f}"),
+                 (f"student test accuracy with KD ({FLAGS.distill}, T={FLAGS.temperature:g})",
+                  f"{with_kd:.4f} ({100 * (with_kd - without):+.2f} pt)")]
+    return rows
+
+
+def distillation_report():
+    """The JSON report's "distillation" entry (None without --teacher)."""
+    if TEACHER is None:
+        return None
+    return {"teacher": FLAGS.teacher, "distill": FLAGS.distill,
+            "temperature": FLAGS.temperature, "alpha": FLAGS.alpha,
+            "hint_layers": FLAGS.hint_layers if FLAGS.distill == "hints" else None,
+            "teacher_accuracy": TEACHER["accuracy"],
+            "student_without_kd": TEACHER["without_kd"], "student_with_kd": TEACHER["with_kd"]}
 
 
 def fit_verbose():
@@ -268,6 +430,9 @@ def _main():
     (x_train, y_train), (x_test, y_test) = datasets.load(FLAGS.dataset, data_dir=FLAGS.data_dir)
     num_classes = int(max(y_train.max(), y_test.max())) + 1
     print(f"      train {x_train.shape}, test {x_test.shape}, {num_classes} classes")
+    global TEACHER
+    TEACHER = (load_teacher(x_train.shape[1:], num_classes, (x_test, y_test))
+               if FLAGS.teacher else None)
 
     if FLAGS.load:
         import tfcompress  # noqa: F401  (registers the tfcompress layers)
@@ -294,19 +459,14 @@ def _main():
         train_seconds = 0.0
     else:
         stage(f"[3/7] train: {FLAGS.epochs} epochs")
-        model.compile(
-            optimizer=keras.optimizers.Adam(FLAGS.learning_rate),
-            loss="sparse_categorical_crossentropy",
-            metrics=["accuracy"],
-        )
         start = time.perf_counter()
-        history = model.fit(
-            x_train, y_train,
-            batch_size=FLAGS.batch_size,
-            epochs=FLAGS.epochs,
-            validation_split=0.1,
-            verbose=fit_verbose(),
-        ).history
+        if FLAGS.recipe == "default":  # the trained model is the student
+            history = fit_with_and_without_teacher(model, (x_train, y_train),
+                                                   (x_test, y_test), FLAGS.epochs,
+                                                   FLAGS.learning_rate, "training")
+        else:  # the student is the pruned or decomposed model, in fine-tuning
+            history = student_fit(model, x_train, y_train, FLAGS.epochs,
+                                  FLAGS.learning_rate, distill=False)
         train_seconds = time.perf_counter() - start
     recalibrated = check_batchnorm(model, x_train, y_train, "the trained model")
     test_loss, test_acc = model.evaluate(x_test, y_test, batch_size=256, verbose=0)
@@ -345,8 +505,8 @@ def _main():
     stages = {"float training": history}
     if int8.get("qat_history"):
         stages["QAT"] = int8.pop("qat_history")
-    if not plot_stages(stages, f"{stem} on {FLAGS.dataset}: training of every stage",
-                       plot_path):
+    if not plots.plot_stages(stages, f"{stem} on {FLAGS.dataset}: training of every stage",
+                             plot_path):
         OUT.discard(os.path.basename(plot_path))
     qat_model = int8.pop("model", None)
     if qat_model is not None:
@@ -355,7 +515,7 @@ def _main():
         kib = [p["total"]["param_bits"] / 8192 for p in (prof, int8_prof)]
         title = (f"{stem} on {FLAGS.dataset}: weights {kib[0]:.1f} KiB as float32, "
                  f"{kib[1]:.1f} KiB as int8")
-        if not plot_bits(prof, int8_prof, title, bits_path):
+        if not plots.plot_bits(prof, int8_prof, title, bits_path):
             OUT.discard(os.path.basename(bits_path))
     report = {
         "model": stem,
@@ -372,6 +532,7 @@ def _main():
         "tflite_bytes": len(tflite),
         "parity": check,
         "int8": {k: v for k, v in int8.items() if k != "path"},
+        "distillation": distillation_report(),
         "files": OUT.files,
     }
     write_atomic(OUT.path(stem + "_report.json", "this report as JSON"),
@@ -388,6 +549,7 @@ def _main():
         ("TFLite vs Keras argmax agreement", f"{check['argmax_agreement']:.4f}"),
         (".keras bytes", f"{report['keras_bytes']:,}"),
         (".tflite bytes", f"{report['tflite_bytes']:,}"),
+        *distillation_rows(),
     ]
     if "error" in int8:
         rows.append((f"int8 ({FLAGS.quantize})", "FAILED: " + int8["error"]))
@@ -404,103 +566,6 @@ def _main():
         print(f"  {key:<{width}}  {value}")
     if "error" in int8:
         raise SystemExit(f"int8 stage failed: {int8['error']}")
-
-
-def plot_bits(float_profile, int8_profile, title, path):
-    """Bar chart of each layer's weight storage (KiB) in the float model and in the
-    int8 (QAT) model, layers matched by name; False without matplotlib."""
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        return False
-    import numpy as np
-
-    def per_layer(profile):
-        rows = {}
-        for row in profile["layers"]:
-            name = row["name"].removeprefix("quant_")
-            if row.get("param_bits"):
-                rows[name] = rows.get(name, 0) + row["param_bits"] / 8 / 1024
-        return rows
-
-    before, after = per_layer(float_profile), per_layer(int8_profile)
-    names = list(before) + [n for n in after if n not in before]
-    positions = np.arange(len(names))
-    fig, ax = plt.subplots(figsize=(max(6, 0.7 * len(names) + 2), 4.5))
-    ax.bar(positions - 0.2, [before.get(n, 0) for n in names], 0.4, label="float32",
-           color="tab:gray")
-    ax.bar(positions + 0.2, [after.get(n, 0) for n in names], 0.4, label="int8 (QAT)",
-           color="tab:blue")
-    ax.set_xticks(positions)
-    ax.set_xticklabels(names, rotation=45, ha="right", fontsize=8)
-    ax.set_ylabel("weight storage (KiB)")
-    ax.set_title(title)
-    ax.legend()
-    ax.grid(axis="y", alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return True
-
-
-def plot_weights(before, after, layer_name, path, title=None):
-    """Histogram of one layer's non-zero weights before/after weight sharing (the
-    paper's Figure 5); returns False without matplotlib."""
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        return False
-    import numpy as np
-
-    before = before[before != 0]
-    after = after[after != 0]
-    fig, (ax_b, ax_a) = plt.subplots(1, 2, figsize=(11, 4), sharex=True)
-    ax_b.hist(before, bins=100, color="tab:blue")
-    ax_b.set_title(f"{layer_name}: {before.size:,} non-zero weights after pruning")
-    values, counts = np.unique(after, return_counts=True)
-    ax_a.bar(values, counts, width=(np.ptp(before) or 1.0) / 150, color="tab:orange")
-    ax_a.set_title(f"after weight sharing: {values.size} distinct values")
-    for ax in (ax_b, ax_a):
-        ax.set_xlabel("weight value")
-        ax.set_ylabel("count")
-        ax.grid(alpha=0.3)
-    if title:
-        fig.suptitle(title)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return True
-
-
-def plot_sparsity(rows, path, title="sparsity per layer"):
-    """Bar chart of the fraction of weights pruned per layer; False without matplotlib."""
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        return False
-    names = [row["layer"] for row in rows]
-    fig, ax = plt.subplots(figsize=(max(6.5, 1.2 * len(names)), 4))
-    bars = ax.bar(names, [100 * row["sparsity"] for row in rows], color="tab:green")
-    for bar, row in zip(bars, rows):
-        ax.annotate(f"{100 * row['sparsity']:.1f}%", (bar.get_x() + bar.get_width() / 2,
-                    bar.get_height()), ha="center", va="bottom")
-    ax.set_ylabel("weights pruned (%)")
-    ax.set_ylim(0, 105)
-    ax.set_title(title)
-    ax.grid(axis="y", alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return True
 
 
 def deep_compression_stage(model, stem, train, test, history):
@@ -525,7 +590,22 @@ def deep_compression_stage(model, stem, train, test, history):
     )
     stage(f"[4/7] prune -> retrain -> share weights ({clusters} clusters, "
           f"{FLAGS.cluster_init} init) -> fine-tune")
-    result = deep_compression.run(model, train, test, config, verbose=2)
+    if TEACHER is not None and FLAGS.distill != "none":
+        from tfcompress.distillation import LogitsDistillation
+
+        print("      the pipeline without distillation first (the comparison)")
+        plain = deep_compression.run(model, train, test, config, verbose=2)
+        TEACHER["without_kd"] = plain.accuracy["clustered"]
+        print(f"      without distillation: {TEACHER['without_kd']:.4f}; now with "
+              "distillation from --teacher")
+        distillation = {"teacher": TEACHER["model"],
+                        "distillation_losses": LogitsDistillation(FLAGS.temperature),
+                        "student_loss_weight": FLAGS.alpha}
+        result = deep_compression.run(model, train, test, config, verbose=2,
+                                      distillation=distillation)
+        TEACHER["with_kd"] = result.accuracy["clustered"]
+    else:
+        result = deep_compression.run(model, train, test, config, verbose=2)
 
     stage("[5/7] Huffman-coded container")
     container = OUT.path(stem + ".tfcz", "the Huffman-coded container (tools/inspect_file.py "
@@ -577,6 +657,7 @@ def deep_compression_stage(model, stem, train, test, history):
     ]
     if int8:
         rows.insert(2, ("int8 .tflite test accuracy", "-", f"{int8['test_accuracy']:.4f}"))
+    rows += [(label, "", value) for label, value in distillation_rows()]
     widths = [max(len(row[i]) for row in rows) for i in range(3)]
     print()
     for row in rows:
@@ -596,14 +677,15 @@ def deep_compression_stage(model, stem, train, test, history):
     training_path = OUT.path(stem + "_training.png", "training curves of every stage")
     stages = {"float training": history, **result.histories}
     for path, written in (
-        (hist_path, plot_weights(before_kernel, after_kernel, largest["layer"], hist_path,
-                                 f"{stem} on {FLAGS.dataset}: weight sharing, "
-                                 f"{clusters if isinstance(clusters, int) else 'per-layer'}"
-                                 " clusters")),
-        (sparsity_path, plot_sparsity(result.sparsity, sparsity_path,
-                                      f"{stem} on {FLAGS.dataset}: weights pruned per layer")),
-        (training_path, plot_stages(stages, f"{stem} on {FLAGS.dataset}: training of every "
-                                    "stage", training_path)),
+        (hist_path, plots.plot_weights(
+            before_kernel, after_kernel, largest["layer"], hist_path,
+            f"{stem} on {FLAGS.dataset}: weight sharing, "
+            f"{clusters if isinstance(clusters, int) else 'per-layer'} clusters")),
+        (sparsity_path, plots.plot_sparsity(
+            result.sparsity, sparsity_path,
+            f"{stem} on {FLAGS.dataset}: weights pruned per layer")),
+        (training_path, plots.plot_stages(
+            stages, f"{stem} on {FLAGS.dataset}: training of every stage", training_path)),
     ):
         if not written:
             OUT.discard(os.path.basename(path))
@@ -624,84 +706,11 @@ def deep_compression_stage(model, stem, train, test, history):
         "sparsity": result.sparsity,
         "seconds": result.seconds,
         "int8": {k: v for k, v in int8.items() if k != "path"},
+        "distillation": distillation_report(),
         "files": OUT.files,
     }
     write_atomic(OUT.path(stem + "_report.json", "this report as JSON"),
                  json.dumps(report, indent=2, default=str))
-
-
-def plot_channels(report, title, path):
-    """Bar chart of the channels of every prunable group, before and kept; False
-    without matplotlib."""
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        return False
-    groups = [g for g in report.groups if g["prunable"]]
-    names = [g["name"] for g in groups]
-    fig, ax = plt.subplots(figsize=(max(6, 0.45 * len(names) + 2), 4.5))
-    positions = range(len(names))
-    ax.bar(positions, [g["channels"] for g in groups], color="lightgray", label="before")
-    ax.bar(positions, [g["kept"] for g in groups], color="tab:blue", label="kept")
-    ax.set_xticks(list(positions))
-    ax.set_xticklabels(names, rotation=60, ha="right", fontsize=7)
-    ax.set_ylabel("channels")
-    ax.set_title(title)
-    ax.legend()
-    ax.grid(axis="y", alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return True
-
-
-def plot_stages(stages, title, path):
-    """Loss and accuracy of every training stage, one after the other (epochs from 1,
-    each stage shaded and named); False without matplotlib or without any epoch."""
-    stages = {name: h for name, h in stages.items() if h and h.get("loss")}
-    if not stages:
-        return False
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-        from matplotlib.ticker import MaxNLocator
-    except ImportError:
-        return False
-    fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(12, 4.5))
-    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
-    start = 0
-    for k, (name, history) in enumerate(stages.items()):
-        color = colors[k % len(colors)]
-        count = len(history["loss"])
-        epochs = range(start + 1, start + 1 + count)
-        for ax, key in ((ax_loss, "loss"), (ax_acc, "accuracy")):
-            ax.axvspan(start + 0.5, start + count + 0.5, color=color, alpha=0.07)
-            ax.text(start + 0.5 + count / 2, 1.01, name, transform=ax.get_xaxis_transform(),
-                    ha="center", va="bottom", fontsize=8, color=color)
-            if key in history:
-                ax.plot(epochs, history[key], marker="o", markersize=3, color=color,
-                        label=f"{name}: train")
-            if "val_" + key in history:
-                ax.plot(epochs, history["val_" + key], linestyle="--", marker="x",
-                        markersize=3, color=color, label=f"{name}: validation")
-        start += count
-    for ax, label in ((ax_loss, "loss (cross-entropy)"), (ax_acc, "accuracy")):
-        ax.set_xlabel("epoch (counted over all stages, from 1)")
-        ax.set_ylabel(label)
-        ax.set_xlim(0.5, start + 0.5)
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=7)
-    fig.suptitle(title)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return True
 
 
 def channel_pruning_stage(model, stem, train, test, history):
@@ -710,7 +719,7 @@ def channel_pruning_stage(model, stem, train, test, history):
     import numpy as np
 
     import tfcompress
-    from tfcompress import export, profiling, pruning
+    from tfcompress import pruning
 
     x_train, y_train = train
     x_test, y_test = test
@@ -762,9 +771,8 @@ def channel_pruning_stage(model, stem, train, test, history):
     print(f"      after BatchNorm recalibration: {acc_recalibrated:.4f}")
     stage(f"[6/7] fine-tune: {FLAGS.finetune_epochs} epochs")
     if FLAGS.finetune_epochs:
-        stages["fine-tune"] = pruned.fit(
-            x_train, y_train, batch_size=FLAGS.batch_size, epochs=FLAGS.finetune_epochs,
-            validation_split=0.1, verbose=fit_verbose()).history
+        stages["fine-tune"] = fit_with_and_without_teacher(
+            pruned, train, test, FLAGS.finetune_epochs, FLAGS.learning_rate, "fine-tuning")
     acc_after = float(pruned.evaluate(x_test, y_test, batch_size=256, verbose=0)[1])
     acc_before = float(model.evaluate(x_test, y_test, batch_size=256, verbose=0)[1])
     keras_path = OUT.path(stem + "_pruned.keras", "the channel-pruned, fine-tuned float model")
@@ -774,16 +782,8 @@ def channel_pruning_stage(model, stem, train, test, history):
         stages["QAT"] = int8.pop("history")
     int8.pop("model", None)
 
-    calibration = x_train[: FLAGS.calibration_examples]
-    files = {"before": {"float": export.to_tflite(model, mode="float32")},
-             "after": {"float": export.to_tflite(pruned, mode="float32")}}
-    try:
-        files["before"]["int8"] = export.to_tflite(model, calibration)
-    except ValueError:
-        pass
-    if int8.get("path"):
-        with open(int8["path"], "rb") as f:
-            files["after"]["int8"] = f.read()
+    files, compared = compare_before_after(model, pruned, int8, (acc_before, acc_after),
+                                           x_train[: FLAGS.calibration_examples])
     for side, kinds in files.items():
         for kind, blob in kinds.items():
             if side == "after" and kind == "int8":
@@ -792,44 +792,14 @@ def channel_pruning_stage(model, stem, train, test, history):
             how = "float32 TFLite" if kind == "float" else "post-training int8"
             name = f"{stem}{'_pruned' if side == 'after' else ''}_{kind}.tflite"
             write_atomic(OUT.path(name, f"{how} of {source}"), blob)
-    latency = {side: {kind: export.measure_latency(blob, runs=100)["median_ms"]
-                      for kind, blob in kinds.items()} for side, kinds in files.items()}
-    before_prof, after_prof = profiling.profile(model)["total"], profiling.profile(pruned)["total"]
-
-    def ratio(a, b):
-        return f"{b / a:.3f}x" if a else "-"
-
-    rows = [("", "before", "after", "after / before")]
-    for label, a, b in (
-        ("parameters", before_prof["params"], after_prof["params"]),
-        ("multiply-adds / example", before_prof["macs"], after_prof["macs"]),
-        ("float .tflite bytes", len(files["before"]["float"]), len(files["after"]["float"])),
-        ("int8 .tflite bytes", len(files["before"].get("int8", b"")),
-         len(files["after"].get("int8", b""))),
-    ):
-        rows.append((label, f"{a:,}", f"{b:,}", ratio(a, b)))
-    rows.append(("Keras test accuracy", f"{acc_before:.4f}", f"{acc_after:.4f}",
-                 f"{100 * (acc_after - acc_before):+.2f} pt"))
-    if int8.get("test_accuracy") is not None:
-        rows.append(("int8 .tflite test accuracy", "-", f"{int8['test_accuracy']:.4f}", ""))
-    for kind in ("float", "int8"):
-        a, b = latency["before"].get(kind), latency["after"].get(kind)
-        if a is not None and b is not None:
-            rows.append((f"LiteRT {kind} latency, batch 1 (ms)", f"{a:.3f}", f"{b:.3f}",
-                         ratio(a, b)))
-    widths = [max(len(row[i]) for row in rows) for i in range(4)]
-    print()
-    for row in rows:
-        print("  " + "  ".join(cell.ljust(w) if i == 0 else cell.rjust(w)
-                               for i, (cell, w) in enumerate(zip(row, widths))))
 
     title = (f"{stem} on {FLAGS.dataset}: {FLAGS.criterion}, MACs "
-             f"{before_prof['macs']:,} -> {after_prof['macs']:,}")
+             f"{compared['macs']['before']:,} -> {compared['macs']['after']:,}")
     channels_png = OUT.path(stem + "_channels.png", "channels kept per group")
     stages_png = OUT.path(stem + "_training.png", "training curves of every stage")
-    for path, written in ((channels_png, plot_channels(report, title, channels_png)),
-                          (stages_png, plot_stages(stages, f"{stem} on {FLAGS.dataset}: "
-                                                   "training of every stage", stages_png))):
+    for path, written in ((channels_png, plots.plot_channels(report, title, channels_png)),
+                          (stages_png, plots.plot_stages(stages, f"{stem} on {FLAGS.dataset}: "
+                                                         "training of every stage", stages_png))):
         if not written:
             OUT.discard(os.path.basename(path))
     summary = {
@@ -841,12 +811,10 @@ def channel_pruning_stage(model, stem, train, test, history):
         "sparsity_training": FLAGS.sparsity_training,
         "accuracy": {"before": acc_before, "pruned": acc_pruned,
                      "pruned_recalibrated": acc_recalibrated, "fine_tuned": acc_after},
-        "params": {"before": before_prof["params"], "after": after_prof["params"]},
-        "macs": {"before": before_prof["macs"], "after": after_prof["macs"]},
-        "bytes": {side: {k: len(v) for k, v in kinds.items()} for side, kinds in files.items()},
-        "latency_ms": latency,
+        **compared,
         "groups": report.groups,
         "int8": {k: v for k, v in int8.items() if k != "path"},
+        "distillation": distillation_report(),
         "files": OUT.files,
     }
     write_atomic(OUT.path(stem + "_report.json", "this report as JSON"),
@@ -855,56 +823,12 @@ def channel_pruning_stage(model, stem, train, test, history):
         raise SystemExit(f"int8 stage failed: {int8['error']}")
 
 
-def plot_spectra(model, report, title, path):
-    """Each decomposed layer's singular values (of its weight matrix, or of the kernel's
-    output-channel unfolding), normalized, with the chosen rank marked; False without
-    matplotlib or without a decomposed layer."""
-    rows = [r for r in report.layers if r["replaced"]]
-    if not rows:
-        return False
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        return False
-    import numpy as np
-
-    from tfcompress.decomposition.factor import unfold
-
-    fig, ax = plt.subplots(figsize=(8, 4.5))
-    for k, row in enumerate(rows):
-        kernel = np.asarray(model.get_layer(row["layer"]).kernel)
-        matrix = kernel.reshape(-1, kernel.shape[-1]) if kernel.ndim == 2 or \
-            kernel.shape[:2] == (1, 1) else unfold(kernel, 3)
-        values = np.linalg.svd(np.asarray(matrix, np.float64), compute_uv=False)
-        values = values / values[0]
-        line, = ax.plot(np.arange(1, len(values) + 1), values, marker=".", markersize=3,
-                        label=f"{row['layer']} ({row['method']}, rank "
-                              + "x".join(str(r) for r in row["ranks"]) + ")")
-        rank = row["ranks"][-1]
-        ax.plot([rank], [values[min(rank, len(values)) - 1]], marker="o", markersize=8,
-                markerfacecolor="none", color=line.get_color())
-    ax.set_yscale("log")
-    ax.set_xlabel("singular value index (from 1)")
-    ax.set_ylabel("singular value / largest")
-    ax.set_title(title)
-    ax.grid(alpha=0.3, which="both")
-    ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return True
-
-
 def low_rank_stage(model, stem, train, test, history):
     """Decompose -> recalibrate BatchNorm -> fine-tune -> int8, and report."""
     import keras
     import numpy as np
 
     import tfcompress
-    from tfcompress import export, profiling
     from tfcompress.decomposition import decompose_model
 
     x_train, y_train = train
@@ -926,9 +850,8 @@ def low_rank_stage(model, stem, train, test, history):
     stage(f"[5/7] fine-tune: {FLAGS.finetune_epochs} epochs")
     stages = {"float training": history}
     if FLAGS.finetune_epochs:
-        stages["fine-tune"] = small.fit(
-            x_train, y_train, batch_size=FLAGS.batch_size, epochs=FLAGS.finetune_epochs,
-            validation_split=0.1, verbose=fit_verbose()).history
+        stages["fine-tune"] = fit_with_and_without_teacher(
+            small, train, test, FLAGS.finetune_epochs, FLAGS.learning_rate, "fine-tuning")
     acc_after = float(small.evaluate(x_test, y_test, batch_size=256, verbose=0)[1])
     acc_before = float(model.evaluate(x_test, y_test, batch_size=256, verbose=0)[1])
     stage("[6/7] save .keras and float .tflite")
@@ -937,33 +860,89 @@ def low_rank_stage(model, stem, train, test, history):
     if int8.get("history"):
         stages["QAT"] = int8.pop("history")
     int8.pop("model", None)
-    files = {"before": {"float": export.to_tflite(model, mode="float32")},
-             "after": {"float": export.to_tflite(small, mode="float32")}}
+    files, compared = compare_before_after(model, small, int8, (acc_before, acc_after),
+                                           x_train[: FLAGS.calibration_examples])
     write_atomic(OUT.path(stem + "_low_rank_float.tflite",
                           f"float32 TFLite of {stem}_low_rank.keras"), files["after"]["float"])
+    spectra_png = OUT.path(stem + "_spectra.png", "singular values per layer, chosen rank marked")
+    stages_png = OUT.path(stem + "_training.png", "training curves of every stage")
+    title = f"{stem} on {FLAGS.dataset}: {FLAGS.decomposition}, {how}"
+    for path, written in ((spectra_png, plots.plot_spectra(model, report, title, spectra_png)),
+                          (stages_png, plots.plot_stages(stages, f"{stem} on {FLAGS.dataset}: "
+                                                         "training of every stage", stages_png))):
+        if not written:
+            OUT.discard(os.path.basename(path))
+    summary = {
+        "model": stem, "recipe": "low_rank", "dataset": FLAGS.dataset,
+        "decomposition": FLAGS.decomposition, "energy": FLAGS.energy,
+        "rank_selection": None if FLAGS.energy is not None else FLAGS.rank_selection,
+        "accuracy": {"before": acc_before, "decomposed": acc_decomposed, "fine_tuned": acc_after},
+        **compared,
+        "layers": report.layers,
+        "int8": {k: v for k, v in int8.items() if k != "path"},
+        "distillation": distillation_report(),
+        "files": OUT.files,
+    }
+    write_atomic(OUT.path(stem + "_report.json", "this report as JSON"),
+                 json.dumps(summary, indent=2, default=lambda v: np.asarray(v).tolist()))
+    if "error" in int8:
+        raise SystemExit(f"int8 stage failed: {int8['error']}")
+
+
+def compare_before_after(model, compact, int8, accuracy, calibration):
+    """Exports the model a stage started from and the stage's smaller model to .tflite,
+    measures their LiteRT latency and prints the before/after table.
+
+    The table: parameters, multiply-adds, file sizes, Keras (and int8) test accuracy and
+    LiteRT latency at batch 1, before, after and after / before.
+
+    Args:
+        model: the trained float model the stage started from ("before").
+        compact: the stage's smaller float model ("after").
+        int8: `quantize_stage`'s report on `compact`: its int8 file ("path") is read
+            back, its "test_accuracy" is a row of the table.
+        accuracy: (before, after), the two models' Keras test accuracy.
+        calibration: training inputs that calibrate the post-training int8 export of
+            `model`, made only when the stage wrote an int8 file (no int8 rows without
+            one, e.g. with --quantize=none).
+
+    Returns:
+        `(files, compared)`: files is {"before" | "after": {"float" | "int8": the
+        .tflite file's bytes}} (nothing written yet); compared holds the JSON report's
+        "params", "macs", "bytes" and "latency_ms" (median, ms) entries, each
+        {"before": ..., "after": ...}.
+    """
+    from tfcompress import export, profiling
+
+    files = {"before": {"float": export.to_tflite(model, mode="float32")},
+             "after": {"float": export.to_tflite(compact, mode="float32")}}
     if int8.get("path"):
         with open(int8["path"], "rb") as f:
             files["after"]["int8"] = f.read()
         try:
-            files["before"]["int8"] = export.to_tflite(
-                model, x_train[: FLAGS.calibration_examples])
+            files["before"]["int8"] = export.to_tflite(model, calibration)
         except ValueError:
             # The original model may hold an op with no integer-only TFLite kernel; the
-            # table then has no "before" int8 row (the decomposed file was checked above).
+            # table then has no "before" int8 row (`quantize_stage` checked the new file).
             pass
     latency = {side: {kind: export.measure_latency(blob, runs=100)["median_ms"]
                       for kind, blob in kinds.items()} for side, kinds in files.items()}
-    before_prof, after_prof = profiling.profile(model)["total"], profiling.profile(small)["total"]
+    before_prof, after_prof = profiling.profile(model)["total"], profiling.profile(compact)["total"]
 
     def ratio(a, b):
         return f"{b / a:.3f}x" if a else "-"
 
-    rows = [("", "before", "after", "after / before")]
-    for label, a, b in (
+    sizes = [
         ("parameters", before_prof["params"], after_prof["params"]),
         ("multiply-adds / example", before_prof["macs"], after_prof["macs"]),
         ("float .tflite bytes", len(files["before"]["float"]), len(files["after"]["float"])),
-    ):
+    ]
+    if "int8" in files["before"] and "int8" in files["after"]:
+        sizes.append(("int8 .tflite bytes", len(files["before"]["int8"]),
+                      len(files["after"]["int8"])))
+    acc_before, acc_after = accuracy
+    rows = [("", "before", "after", "after / before")]
+    for label, a, b in sizes:
         rows.append((label, f"{a:,}", f"{b:,}", ratio(a, b)))
     rows.append(("Keras test accuracy", f"{acc_before:.4f}", f"{acc_after:.4f}",
                  f"{100 * (acc_after - acc_before):+.2f} pt"))
@@ -974,41 +953,24 @@ def low_rank_stage(model, stem, train, test, history):
         if a is not None and b is not None:
             rows.append((f"LiteRT {kind} latency, batch 1 (ms)", f"{a:.3f}", f"{b:.3f}",
                          ratio(a, b)))
+    for label, value in distillation_rows():
+        rows.append((label, "", value, ""))
     widths = [max(len(row[i]) for row in rows) for i in range(4)]
     print()
     for row in rows:
         print("  " + "  ".join(cell.ljust(w) if i == 0 else cell.rjust(w)
                                for i, (cell, w) in enumerate(zip(row, widths))))
-    spectra_png = OUT.path(stem + "_spectra.png", "singular values per layer, chosen rank marked")
-    stages_png = OUT.path(stem + "_training.png", "training curves of every stage")
-    title = f"{stem} on {FLAGS.dataset}: {FLAGS.decomposition}, {how}"
-    for path, written in ((spectra_png, plot_spectra(model, report, title, spectra_png)),
-                          (stages_png, plot_stages(stages, f"{stem} on {FLAGS.dataset}: "
-                                                   "training of every stage", stages_png))):
-        if not written:
-            OUT.discard(os.path.basename(path))
-    summary = {
-        "model": stem, "recipe": "low_rank", "dataset": FLAGS.dataset,
-        "decomposition": FLAGS.decomposition, "energy": FLAGS.energy,
-        "rank_selection": None if FLAGS.energy is not None else FLAGS.rank_selection,
-        "accuracy": {"before": acc_before, "decomposed": acc_decomposed, "fine_tuned": acc_after},
+    compared = {
         "params": {"before": before_prof["params"], "after": after_prof["params"]},
         "macs": {"before": before_prof["macs"], "after": after_prof["macs"]},
         "bytes": {side: {k: len(v) for k, v in kinds.items()} for side, kinds in files.items()},
         "latency_ms": latency,
-        "layers": report.layers,
-        "int8": {k: v for k, v in int8.items() if k != "path"},
-        "files": OUT.files,
     }
-    write_atomic(OUT.path(stem + "_report.json", "this report as JSON"),
-                 json.dumps(summary, indent=2, default=lambda v: np.asarray(v).tolist()))
-    if "error" in int8:
-        raise SystemExit(f"int8 stage failed: {int8['error']}")
+    return files, compared
 
 
 def quantize_stage(model, stem, x_train, y_train, x_test, y_test):
     """QAT or PTQ to an integer-only int8 .tflite, verified against Keras; a report dict."""
-    import keras
 
     from tfcompress import export
     from tfcompress.quantization import quantize_model
@@ -1020,13 +982,11 @@ def quantize_stage(model, stem, x_train, y_train, x_test, y_test):
     try:
         if FLAGS.quantize == "qat":
             reference = quantize_model(model)
-            reference.compile(
-                optimizer=keras.optimizers.Adam(FLAGS.qat_learning_rate),
-                loss="sparse_categorical_crossentropy",
-                metrics=["accuracy"],
-            )
-            qat_history = reference.fit(x_train, y_train, batch_size=FLAGS.batch_size,
-                                        epochs=FLAGS.qat_epochs, verbose=fit_verbose()).history
+            # With --teacher the QAT model learns from it too (soft targets only: the
+            # QAT wrappers rename the layers that --hint_layers names).
+            qat_history = student_fit(reference, x_train, y_train, FLAGS.qat_epochs,
+                                      FLAGS.qat_learning_rate, validation_split=0.0,
+                                      hints=False)
             qat_path = OUT.path(stem + "_qat.keras", "the quantization-aware model "
                                 f"({stem}_int8.tflite was exported from it: evaluate them "
                                 "together)")
