@@ -208,3 +208,24 @@ def test_sequential_nested_and_multi_input_models(rng):
         assert len(full.decomposition_report.layers) == (2 if model is seq else 3)
         np.testing.assert_allclose(full.predict(data, verbose=0), model.predict(data, verbose=0),
                                    atol=1e-5)
+
+
+_RNG = np.random.default_rng(7)
+
+def test_balanced_cp_factors_keep_the_kernel_and_equalize_norms():
+    from tfcompress.decomposition import factor
+
+    kernel = _RNG.normal(size=(3, 3, 8, 6))
+    first, vertical, horizontal, last, error = factor.cp_factors(kernel, 5)
+    columns = [vertical[:, 0, :, 0], horizontal[0, :, :, 0], first[0, 0], last[0, 0].T]
+    norms = np.stack([np.linalg.norm(c.astype(np.float64), axis=0) for c in columns])
+    np.testing.assert_allclose(norms, np.broadcast_to(norms[0], norms.shape), rtol=1e-5)
+    a, b, c, d = (_RNG.normal(size=(n, 4)) * scale for n, scale in
+                  ((3, 1e3), (3, 1e-2), (8, 1.0), (6, 5.0)))
+    balanced = factor.balance_cp_factors(a, b, c, d)
+    np.testing.assert_allclose(np.einsum("ir,jr,cr,or->ijco", *balanced),
+                               np.einsum("ir,jr,cr,or->ijco", a, b, c, d), rtol=1e-9)
+    assert error == pytest.approx(
+        np.linalg.norm(kernel - np.einsum("ir,jr,cr,or->ijco", *[x.astype(np.float64)
+                                                               for x in columns]))
+        / np.linalg.norm(kernel), rel=1e-4)

@@ -26,6 +26,7 @@ import warnings
 import numpy as np
 
 __all__ = [
+    "balance_cp_factors",
     "cp_factors",
     "cp_rank_for_ratio",
     "svd_factors",
@@ -158,6 +159,7 @@ def cp_factors(kernel, rank, seed=0):
     finally:
         tl.set_backend(previous)
     d = d * np.asarray(weights)[None, :]
+    a, b, c, d = balance_cp_factors(a, b, c, d)
     approx = np.einsum("ir,jr,cr,or->ijco", a, b, c, d)
     norm = np.linalg.norm(k)
     error = float(np.linalg.norm(k - approx) / norm) if norm else 0.0
@@ -166,6 +168,30 @@ def cp_factors(kernel, rank, seed=0):
     horizontal = b[None, :, :, None].astype(np.float32)
     last = d.T[None, None].astype(np.float32)
     return first, vertical, horizontal, last, error
+
+
+def balance_cp_factors(*factors):
+    """CP factors rescaled so that each component has the same norm in every factor.
+
+    A CP component a_r o b_r o c_r o d_r is unchanged when its factors are scaled by
+    numbers whose product is 1; ALS leaves those scales arbitrary (one factor can be
+    1e3 times another). Each column r becomes f_r * g_r / ||f_r|| with g_r the
+    geometric mean of the column norms, so the chain's intermediate activations have
+    comparable ranges per channel (an int8 tensor shares one scale across channels).
+
+    Args:
+        *factors: 2-D arrays (dimension x R), the same R.
+
+    Returns:
+        The rescaled factors (float64), in order; a component with a zero column is
+        zero in every factor.
+    """
+    factors = [np.asarray(f, np.float64) for f in factors]
+    norms = np.stack([np.linalg.norm(f, axis=0) for f in factors])  # (factors, R)
+    alive = np.all(norms > 0, axis=0)
+    mean = np.exp(np.mean(np.log(np.where(norms > 0, norms, 1.0)), axis=0))
+    scales = np.where(alive[None, :], mean[None, :] / np.where(norms > 0, norms, 1.0), 0.0)
+    return [f * s[None, :] for f, s in zip(factors, scales)]
 
 
 def cp_rank_for_ratio(kernel_shape, ratio):
