@@ -497,3 +497,32 @@ def test_compact_and_decomposed_students_export_integer_only_with_parity():
         qat.fit(x, y, epochs=1, batch_size=32, verbose=0)
         report = export.verify(export.to_tflite(qat, x), qat, x)
         assert report["within_1_step"] >= 0.999, (student.name, report)
+
+
+def test_mutual_learning_sample_weights_weight_both_terms():
+    peers = [_mlp(8, f"peer{i}", seed=i) for i in range(2)]
+    dml = MutualLearning(peers, kl_weight=0.5)
+    dml.compile("sgd", "sparse_categorical_crossentropy")
+    x = RNG.normal(size=(12, 6)).astype("float32")
+    y = RNG.integers(0, 3, 12)
+    w = RNG.random(12).astype("float32")
+    outputs = [p.predict(x, verbose=0).astype(np.float64) for p in peers]
+    terms = dml._per_peer(y, [keras.ops.convert_to_tensor(o, "float32") for o in outputs], w)
+    for k, (p_k, p_j) in enumerate(((outputs[0], outputs[1]), (outputs[1], outputs[0]))):
+        ce = -np.log(p_k[np.arange(12), y])
+        kl = np.sum(p_j * (np.log(p_j) - np.log(p_k)), -1)
+        expected = np.sum(w * ce) / w.sum() + 0.5 * np.sum(w * kl) / w.sum()
+        np.testing.assert_allclose(float(terms[k][0]), expected, rtol=1e-4)
+
+
+def test_softmax_teacher_keeps_large_logit_gaps_at_high_temperature():
+    # Gaps of ~40 between logits: a 1e-7 floor on p would cap them at 16.1.
+    t = np.array([[40.0, 0.0, -5.0], [0.0, 30.0, 2.0]], "float32")
+    s = np.array([[1.0, 0.5, 0.0], [0.2, 2.0, 0.1]], "float32")
+    teacher, student = _mlp(8, "teacher"), _mlp(4, "student", seed=1)
+    loss = LogitsDistillation(20.0)
+    loss.validate_model_compatibility(teacher, student)
+    value = float(loss.compute_loss(_softmax(t.astype(np.float64)).astype("float32"),
+                                    _softmax(s.astype(np.float64)).astype("float32")))
+    np.testing.assert_allclose(value, _kl_reference(t, s, 20.0), rtol=1e-3)
+

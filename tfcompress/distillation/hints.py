@@ -11,6 +11,10 @@ differ) for feature maps, a Dense layer for vectors. Stage 1 (`fitnets_stage`) t
 the student up to its guided layer and r on L_hint alone; stage 2 is ordinary
 distillation (`LogitsDistillation`), optionally with the hint kept as a second loss.
 
+With a layer name, `keras.distillation.Distiller` runs the student a second time per step
+(its feature extractor, in training mode): BatchNorm statistics and QAT range averages
+are updated twice per step, dropout draws two masks, and a step costs more.
+
 `HintDistillation` is a `keras.distillation.DistillationLoss` and also a Keras layer:
 `keras.distillation.Distiller` keeps its losses in a tracked list, so the regressor's
 weights are trainable weights of the Distiller and are trained with the student, and

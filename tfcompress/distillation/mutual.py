@@ -124,19 +124,29 @@ class MutualLearning(keras.Model):
         super().compile(optimizer=optimizer, loss=None, metrics=None, **kwargs)
 
     def _per_peer(self, y, y_pred, sample_weight=None):
-        """(L_k, KL_k) for every peer k, the others' distributions held constant."""
+        """(L_k, KL_k) for every peer k, the others' distributions held constant.
+
+        With `sample_weight`, both terms are weighted means over the batch."""
         log_p = [_log_probs(o, p) for o, p in zip(y_pred, self._probabilities)]
         probs = [ops.exp(lp) for lp in log_p]
         count = len(self.peers)
+        if sample_weight is None:
+            mean = ops.mean
+        else:
+            weight = ops.reshape(ops.cast(sample_weight, "float32"), (-1,))
+
+            def mean(values):
+                return ops.sum(values * weight) / ops.maximum(ops.sum(weight), 1e-12)
         out = []
         for k in range(count):
-            supervised = ops.mean(self._supervised(y, y_pred[k]))
+            values = self._supervised(y, y_pred[k])  # per example, or reduced by a Loss
+            supervised = mean(ops.reshape(values, (-1,))) if len(values.shape) else values
             kl = 0.0
             for j in range(count):
                 if j != k:
                     p_j = ops.stop_gradient(probs[j])
                     log_p_j = ops.stop_gradient(log_p[j])
-                    kl = kl + ops.mean(ops.sum(p_j * (log_p_j - log_p[k]), axis=-1))
+                    kl = kl + mean(ops.sum(p_j * (log_p_j - log_p[k]), axis=-1))
             kl = kl / (count - 1)
             out.append((supervised + self.kl_weight * kl, kl))
         return out

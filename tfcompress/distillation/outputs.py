@@ -12,9 +12,11 @@ from keras import ops
 
 __all__ = ["EPSILON", "as_logits", "outputs_probabilities"]
 
-# Smallest probability kept before the log: log(1e-7) ~ -16.1, a logit gap no float32
-# softmax resolves anyway.
-EPSILON = 1e-7
+# Smallest probability kept before the log: float32's smallest normal number, so
+# log(p) keeps logit gaps up to ~87, as far as a float32 softmax resolves them (beyond,
+# exp underflows). A larger floor (1e-7: gaps capped at 16.1) would flatten soft targets
+# at high temperatures.
+EPSILON = 1.1754944e-38
 
 
 def _ends_in_softmax(layer):
