@@ -11,7 +11,10 @@
   pseudo-labels ensembled over transforms.
 
 Use them with `keras.distillation.Distiller` (re-exported here as `Distiller`); a model
-ending in softmax is handled (its probabilities p are used as the logits log p).
+ending in softmax is handled (its probabilities p are used as the logits log p). The
+Distiller sets `teacher.trainable = False` and leaves it so: set it back before training,
+pruning or quantizing the teacher itself (copies such as `prune_channels`' and
+`quantize_model`'s inherit the flag).
 """
 
 from keras.distillation import Distiller, FeatureDistillation
