@@ -344,8 +344,14 @@ def student_fit(model, x, y, epochs, learning_rate, *, validation_split=0.1, dis
         raise SystemExit(f"--teacher={FLAGS.teacher}: {error}") from None
     distiller.compile(optimizer=keras.optimizers.Adam(learning_rate),
                       loss="sparse_categorical_crossentropy", metrics=["accuracy"])
-    history = distiller.fit(x, y, batch_size=FLAGS.batch_size, epochs=epochs,
-                            validation_split=validation_split, verbose=fit_verbose()).history
+    history = dict(distiller.fit(x, y, batch_size=FLAGS.batch_size, epochs=epochs,
+                                 validation_split=validation_split,
+                                 verbose=fit_verbose()).history)
+    # "loss" is the Distiller's weighted total; the stage plot shows the labels'
+    # cross-entropy, as for every other stage (the total stays as "total_loss").
+    for prefix in ("", "val_"):
+        if prefix + "student_loss" in history:
+            history[prefix + "loss"] = history[prefix + "student_loss"]
     compile_plain()
     # Built now, so that a saved student reloads with its optimizer's variables.
     model.optimizer.build(model.trainable_variables)
