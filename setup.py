@@ -17,7 +17,7 @@ setup(
     long_description_content_type="text/markdown",
     python_requires=">=3.10",
     # The command-line tools (tools/) ship as the package tfcompress_tools, run by the
-    # `tfcompress` console script: `tfcompress compress|evaluate|benchmark|inspect|sensitivity`.
+    # `tfcompress` console script: `tfcompress compress|evaluate|benchmark|inspect|sensitivity|deploy`.
     packages=find_packages(include=["tfcompress", "tfcompress.*"]) + ["tfcompress_tools"],
     package_dir={"tfcompress_tools": "tools"},
     entry_points={"console_scripts": ["tfcompress = tfcompress_tools.__main__:main"]},
@@ -33,6 +33,8 @@ setup(
     ],
     extras_require={
         "test": ["pytest", "hypothesis", "ruff"],
+        # TensorFlow Lite Micro from Python (tfcompress.export.micro, tools/deploy.py).
+        "micro": ["tflite-micro"],
         # Comparison runs only: tfmot/tf_keras run in a separate process with
         # TF_USE_LEGACY_KERAS=1; the library never imports them.
         "bench": ["tensorflow-model-optimization==0.8.1", "tf-keras>=2.16"],

@@ -74,7 +74,7 @@ def files(tmp_path_factory):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("tool", ["compress.py", "evaluate.py", "benchmark.py",
-                                  "inspect_file.py", "sensitivity.py"])
+                                  "inspect_file.py", "sensitivity.py", "deploy.py"])
 def test_help_exits_zero_and_lists_the_flags(tool):
     result = _run(tool, "--help")
     assert result.returncode == 0, result.stderr[-2000:]
@@ -245,3 +245,44 @@ def test_outputs_discard_forgets_a_file(tmp_path):
         out.path("plot.png", "not drawn")
         out.discard("plot.png")
     assert out.files == {}
+
+
+@pytest.mark.slow
+def test_deploy_prints_the_arena_writes_c_source_and_compares(files, tmp_path):
+    pytest.importorskip("tflite_micro")
+    from tfcompress import export
+
+    tflite = (files / "tiny_int8.tflite").read_bytes()
+    result = _run("deploy.py", f"--tflite={files / 'tiny_int8.tflite'}",
+                  f"--model={files / 'tiny_qat.keras'}", f"--c_out={tmp_path / 'fw'}",
+                  "--name=tiny_model", f"--json={tmp_path / 'd.json'}", "--limit=50")
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert not any(mark in result.stderr for mark in NATIVE_LOG_MARKS), result.stderr
+    report = json.loads((tmp_path / "d.json").read_text())
+    assert report["arena_bytes"] == export.micro_arena_size(tflite)
+    assert f"{report['arena_bytes']} bytes" in result.stdout
+    assert report["flash_bytes"] == len(tflite) and report["tflm_lacks"] == []
+    assert report["vs_litert_reference"]["max_diff_steps"] <= 1
+    assert report["vs_keras"]["within_1_step"] >= 0.99
+    assert sorted(os.listdir(tmp_path / "fw")) == ["tiny_model.cc", "tiny_model.h"]
+    source = (tmp_path / "fw" / "tiny_model.cc").read_text()
+    body = source[source.index("{") + 1: source.rindex("}")]
+    assert bytes(int(v, 16) for v in body.replace(",", " ").split()) == tflite
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("args", "texts", "code"), [
+    ([], ["--tflite=path.tflite"], 2),
+    (["--tflite=/no/such.tflite"], ["--tflite=/no/such.tflite", "no such file"], 2),
+    (["--tflite={float}", "--name=2model"], ["--name=2model", "C identifier"], 2),
+    (["--tflite={float}", "--target=esp32"], ["--target", "micro"], 2),
+    (["--tflite={float}", "--c_out={float}"], ["--c_out=", "not a folder"], 2),
+    (["--tflite={float}"], ["integer-only", "CONV_2D"], 1),
+], ids=["no-tflite", "missing-file", "bad-name", "unknown-target", "c-out-is-a-file",
+        "float-file"])
+def test_deploy_errors_are_one_line(files, tmp_path, args, texts, code):
+    args = [a.format(float=files / "tiny_float.tflite") for a in args]
+    result = _run("deploy.py", *args, f"--json={tmp_path / 'd.json'}")
+    _one_line_error(result, *texts, code=code)
+    assert not (tmp_path / "d.json").exists()
+

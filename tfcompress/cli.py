@@ -1,7 +1,7 @@
 """The command-line harness every tool shares, and the `tfcompress` console script.
 
 Every tool in `tools/` (`compress`, `evaluate`, `benchmark`, `inspect`,
-`sensitivity`) defines its absl flags and a `main(argv)`, and hands both to
+`sensitivity`, `deploy`) defines its absl flags and a `main(argv)`, and hands both to
 `run(main, check=...)`, which gives all of them the same behaviour:
 
 - `--help` (or `-h`) prints the tool's usage and its own flags and exits 0;

@@ -1,6 +1,6 @@
 """`tfcompress <command> [flags]`: the console script that runs one of the tools.
 
-Commands: compress, evaluate, benchmark, inspect, sensitivity (`tools/<name>.py`;
+Commands: compress, evaluate, benchmark, inspect, sensitivity, deploy (`tools/<name>.py`;
 `inspect` is `tools/inspect_file.py`). `tfcompress <command> --help` lists the
 command's flags.
 """
@@ -15,6 +15,7 @@ COMMANDS = {
     "benchmark": "benchmark",
     "inspect": "inspect_file",
     "sensitivity": "sensitivity",
+    "deploy": "deploy",
 }
 
 

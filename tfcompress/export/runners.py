@@ -7,8 +7,10 @@ dict output). `Runner.output_names` lists the outputs in the Keras model's flat
 output order (`model.outputs`), so results line up with `model.predict`.
 `run_tflite` wraps a runner with the float <-> int8 conversion at the boundary.
 
-Runners are registered by name (`register_runner`); "litert" is LiteRT's
-interpreter (`ai-edge-litert`), with its default delegate (XNNPACK).
+Runners are registered by name (`register_runner`): "litert" is LiteRT's
+interpreter (`ai-edge-litert`) with its default delegate (XNNPACK), "litert_ref"
+the same interpreter on its reference kernels (`BUILTIN_REF`), and "micro"
+TensorFlow Lite Micro (`tfcompress.export.micro`, `pip install tfcompress[micro]`).
 
 Example:
     >>> runner = get_runner("litert")(tflite_bytes)
@@ -22,6 +24,7 @@ import re
 import numpy as np
 
 __all__ = [
+    "LiteRTReferenceRunner",
     "LiteRTRunner",
     "Runner",
     "dequantize",
@@ -173,12 +176,17 @@ class LiteRTRunner(Runner):
     """
 
     name = "litert"
+    # Which of LiteRT's kernel sets runs the file (an `OpResolverType` name).
+    op_resolver = "AUTO"
 
     def __init__(self, tflite_bytes):
         super().__init__(tflite_bytes)
-        from ai_edge_litert.interpreter import Interpreter
+        from ai_edge_litert.interpreter import Interpreter, OpResolverType
 
-        self.interpreter = Interpreter(model_content=self.tflite_bytes)
+        self.interpreter = Interpreter(
+            model_content=self.tflite_bytes,
+            experimental_op_resolver_type=getattr(OpResolverType, self.op_resolver),
+        )
         signatures = self.interpreter.get_signature_list()
         self._signature = None
         if signatures:
@@ -210,7 +218,18 @@ class LiteRTRunner(Runner):
         }
 
 
+class LiteRTReferenceRunner(LiteRTRunner):
+    """LiteRT with its reference kernels (`OpResolverType.BUILTIN_REF`), no delegate.
+
+    The kernels TFLM's are ported from: the yardstick for the micro runner.
+    """
+
+    name = "litert_ref"
+    op_resolver = "BUILTIN_REF"
+
+
 register_runner("litert", LiteRTRunner)
+register_runner("litert_ref", LiteRTReferenceRunner)
 
 
 def quantize(values, detail):
@@ -244,7 +263,9 @@ def run_tflite(tflite_bytes, data, batch_size=256, runner="litert"):
             dict {input name: array} (the Keras model's input names) or a list in
             the runner's `input_names` order.
         batch_size: examples per invocation.
-        runner: a registered runner name ("litert").
+        runner: a registered runner name: "litert" (LiteRT, XNNPACK), "litert_ref"
+            (LiteRT's reference kernels) or "micro" (TensorFlow Lite Micro); or a
+            `Runner` already made for this file.
 
     Returns:
         (outputs_float32, raw_outputs) where raw_outputs keeps the file's dtype:
@@ -257,7 +278,7 @@ def run_tflite(tflite_bytes, data, batch_size=256, runner="litert"):
     Example:
         >>> probs, raw = run_tflite(tflite, x_test[:100])
     """
-    run = get_runner(runner)(tflite_bytes)
+    run = runner if isinstance(runner, Runner) else get_runner(runner)(tflite_bytes)
     inputs = {n: np.asarray(v, np.float32) for n, v in run.inputs_by_name(data).items()}
     sizes = {len(v) for v in inputs.values()}
     if len(sizes) != 1:

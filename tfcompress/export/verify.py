@@ -3,7 +3,7 @@
 import keras
 import numpy as np
 
-from tfcompress.export.runners import get_runner, run_tflite
+from tfcompress.export.runners import Runner, get_runner, run_tflite
 
 __all__ = ["verify"]
 
@@ -56,7 +56,9 @@ def verify(tflite_bytes, keras_model, data, batch_size=256, runner="litert", lab
         data: float inputs, (N, ...): an array for a model with one input, else a
             list in `keras_model.inputs` order or a dict {input name: array}.
         batch_size: batch size for both runtimes.
-        runner: the runtime that runs the file ("litert").
+        runner: the runtime that runs the file: "litert" (LiteRT, XNNPACK),
+            "litert_ref" (LiteRT's reference kernels) or "micro" (TensorFlow Lite
+            Micro, `pip install tfcompress[micro]`); or a `Runner` made for the file.
         labels: optional integer class labels of `data` (one per example). The
             report then also holds `keras_accuracy` and `tflite_accuracy` (top-1,
             of the first output): agreement between two models says nothing about
@@ -91,8 +93,8 @@ def verify(tflite_bytes, keras_model, data, batch_size=256, runner="litert", lab
     else:
         data = np.asarray(data, np.float32)
         count = len(data)
-    lite, _ = run_tflite(tflite_bytes, data, batch_size, runner=runner)
-    file_runner = get_runner(runner)(tflite_bytes)
+    file_runner = runner if isinstance(runner, Runner) else get_runner(runner)(tflite_bytes)
+    lite, _ = run_tflite(tflite_bytes, data, batch_size, runner=file_runner)
     details = [file_runner.output_details[n] for n in file_runner.output_names]
     reference = [
         np.asarray(r) for r in keras.tree.flatten(

@@ -20,8 +20,11 @@ __all__ = [
     "AdderDense",
     "adaptive_gradient_scale",
     "adder_distance",
+    "in_tflite_graph",
     "magnitude",
+    "tflite_distance",
     "tflite_graph",
+    "unit_channel_sum",
 ]
 
 # Largest number of elements of the (rows, C_in, C_out_chunk) difference tensor
@@ -40,7 +43,11 @@ _TRACING = threading.local()
 
 @contextlib.contextmanager
 def tflite_graph():
-    """Within this context `magnitude` is traced as LEAKY_RELU(alpha=-1), not ABS.
+    """Within this context the adder layers trace as integer-only TFLite should run them.
+
+    `magnitude` is LEAKY_RELU(alpha=-1), not ABS, and AdderConv / AdderDense sum
+    with one rounding (`tflite_distance`: all kernel positions in one fully
+    connected reduction).
 
     `tfcompress.export.to_tflite` traces the model inside it. LiteRT's XNNPACK
     delegate runs an int8 LEAKY_RELU but not an int8 ABS, which falls back to a
@@ -60,6 +67,44 @@ def tflite_graph():
         _TRACING.tflite = previous
 
 
+def in_tflite_graph():
+    """True inside `tflite_graph()` (the model is being traced for TFLite)."""
+    return getattr(_TRACING, "tflite", False)
+
+
+def unit_channel_sum(x, w, weight=1.0):
+    """`weight * sum_c |x[..., c] - w[c, o]|` with every reduction a 1x1 convolution.
+
+        d[n, p, o, c] = x[n, p, c] - w[c, o]               SUB
+        y[n, p, o]    = weight * sum_c |d[n, p, o, c]|     LEAKY_RELU(-1), CONV_2D 1x1
+
+    The convolution has one output channel of constant weights (+1 or -1: exact
+    in int8 at scale 1/127), so the sum is accumulated in int32 and rounded once,
+    the same on every runtime; int8 SUM kernels round differently on LiteRT's
+    optimized kernels, its reference kernels and TFLM. Every reshape keeps the
+    batch axis apart (TFLM plans tensors with the file's static batch of 1).
+
+    Args:
+        x: tensor of shape (N, ..., C_in).
+        w: tensor of shape (C_in, C_out).
+        weight: the constant of the reduction (-1.0 for the adder's negated sum).
+
+    Returns:
+        (d, sum): the (N, P, C_out, C_in) difference (P = the positions of `...`),
+        so a caller can quantize it, and a function of |d| giving (N, ..., C_out).
+    """
+    in_channels, out_channels = w.shape
+    positions = math.prod(x.shape[1:-1])
+    rows = ops.reshape(x, (-1, positions, 1, in_channels))
+    ones = ops.full((1, 1, in_channels, 1), weight, dtype=x.dtype)
+
+    def reduce(magnitudes):
+        summed = ops.conv(magnitudes, ones)  # (N, P, C_out, 1)
+        return ops.reshape(summed, (-1, *x.shape[1:-1], out_channels))
+
+    return rows - ops.transpose(w), reduce
+
+
 def magnitude(x):
     """`|x|`: `ops.abs(x)`, or inside `tflite_graph()` `leaky_relu(x, negative_slope=-1)`.
 
@@ -72,7 +117,7 @@ def magnitude(x):
     Returns:
         `|x|`, same shape and dtype.
     """
-    if getattr(_TRACING, "tflite", False):
+    if in_tflite_graph():
         return ops.leaky_relu(x, negative_slope=-1.0)
     return ops.abs(x)
 
@@ -138,6 +183,30 @@ def adder_distance(x, w, rows_per_sample=1):
         return y, grad
 
     return _distance(x, w)
+
+
+def tflite_distance(x, w, rows_per_sample=1):
+    """`adder_distance` as integer-only TFLite should run it: one rounding per sum.
+
+    `-sum_c |x - w|` by `unit_channel_sum` (SUB, LEAKY_RELU(-1), a 1x1 CONV_2D with
+    weights -1), in chunks of output channels as `adder_distance` (the difference
+    tensor of one chunk holds about 2**20 elements per sample). Only used inside
+    `tflite_graph()`; no gradient is defined through it.
+
+    Args:
+        x: tensor of shape (N, ..., C_in).
+        w: tensor of shape (C_in, C_out).
+        rows_per_sample: rows of `x` per batch element; sizes the chunks.
+
+    Returns:
+        Tensor of shape (N, ..., C_out).
+    """
+    in_channels, out_channels = w.shape
+    outs = []
+    for start, stop in _output_channel_chunks(rows_per_sample, in_channels, out_channels):
+        diff, reduce = unit_channel_sum(x, w[:, start:stop], weight=-1.0)
+        outs.append(reduce(magnitude(diff)))
+    return outs[0] if len(outs) == 1 else ops.concatenate(outs, axis=-1)
 
 
 def adaptive_gradient_scale(w, eta):
@@ -301,6 +370,14 @@ class AdderConv(Conv2DGeometry, _AdderBase):
 
     def call(self, inputs):
         kernel = self._kernel_for_call()
+        if in_tflite_graph():
+            # Every kernel position in one sum: taps side by side on the channel axis,
+            # the kernel flattened in the same (i, j, c) order.
+            patches = [patch for _, patch in self.kernel_patches(inputs)]
+            rows = patches[0].shape[1] * patches[0].shape[2]
+            stacked = patches[0] if len(patches) == 1 else ops.concatenate(patches, axis=-1)
+            flat = ops.reshape(kernel, (-1, kernel.shape[-1]))
+            return self.add_bias(tflite_distance(stacked, flat, rows_per_sample=rows))
         outputs = None
         for (i, j), patch in self.kernel_patches(inputs):
             rows = patch.shape[1] * patch.shape[2]
@@ -360,6 +437,8 @@ class AdderDense(DenseGeometry, _AdderBase):
         self.add_kernel_and_bias(self.check_input_shape(input_shape))
 
     def call(self, inputs):
+        if in_tflite_graph():
+            return self.add_bias(tflite_distance(inputs, self._kernel_for_call()))
         return self.add_bias(adder_distance(inputs, self._kernel_for_call()))
 
 

@@ -24,7 +24,7 @@ from keras import layers, ops
 from tfcompress.analysis.profile import count_layer, register_counter
 from tfcompress.core.graph import layer_call_inputs
 from tfcompress.layers import AdderConv, AdderDense, BinaryConv, BinaryDense
-from tfcompress.layers.adder import magnitude
+from tfcompress.layers.adder import in_tflite_graph, magnitude, unit_channel_sum
 from tfcompress.quantization.quantizers import (
     FIXED_RANGE,
     FIXED_RANGE_ACTIVATIONS,
@@ -382,7 +382,13 @@ class QuantizeAdderWrapper(layers.Layer):
              for step, quantizer in self.quantizers.items()}
         parts = []
         for patch, kernel in self._inputs_and_kernels(inputs):
-            diff = q["difference"](ops.expand_dims(patch, -1) - kernel)
+            if in_tflite_graph():
+                # The same values, summed by a 1x1 convolution of ones that rounds
+                # once on every runtime (int8 SUM kernels disagree by many steps).
+                diff, reduce = unit_channel_sum(patch, kernel)
+            else:
+                diff, reduce = ops.expand_dims(patch, -1) - kernel, None
+            diff = q["difference"](diff)
             # |diff| on the difference's own grid (scale s, zero point -128): every
             # value of |diff| is exactly representable, so LEAKY_RELU(-1) needs no
             # rounding in any kernel. With a range of its own (scale about s / 2)
@@ -392,7 +398,7 @@ class QuantizeAdderWrapper(layers.Layer):
             mag = keras.quantizers.fake_quant_with_min_max_vars(
                 magnitude(diff), 0.0, 255.0 * step, num_bits=8
             )
-            part = q["sum"](ops.sum(mag, axis=-2))
+            part = q["sum"](ops.sum(mag, axis=-2) if reduce is None else reduce(mag))
             parts.append(q["negated"](part * -1.0))
         accumulated = self.quantizers["accumulated"]
         if len(parts) > 1 and training:
