@@ -18,7 +18,11 @@ Public API:
                HintDistillation + fitnets_stage, EnsembleTeacher, MutualLearning,
                data_distillation
     coding     Huffman + sparse coding, save_compressed / load_compressed container
-    export     to_tflite (int8 / dynamic / float16 / float32), run_tflite, verify
+    export     to_tflite (int8 / dynamic / float16 / float32), run_tflite, verify;
+               TensorFlow Lite Micro (runner="micro", check_micro,
+               micro_arena_size), to_c_source
+    distribute fit: pruning / clustering / QAT training under MirroredStrategy and
+               MultiWorkerMirroredStrategy (where Keras 3's fit fails)
     pipelines  deep_compression: the prune -> cluster -> code pipeline (Han et al. 2016)
     core       the model graph, layer traits and rebuild helper every technique uses
 
@@ -36,6 +40,7 @@ from tfcompress import (
     decomposition,
     deep_compression,
     distillation,
+    distribute,
     export,
     layers,
     lowering,
@@ -78,6 +83,7 @@ __all__ = [
     "decomposition",
     "deep_compression",
     "distillation",
+    "distribute",
     "estimate_energy",
     "export",
     "format_profile",
