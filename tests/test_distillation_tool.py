@@ -41,8 +41,8 @@ def _accuracy(path, x, y):
     ("default", ["--epochs=2", "--qat_epochs=1"], "small_cnn.keras"),
     ("channel_pruning", ["--epochs=2", "--finetune_epochs=1", "--quantize=none"],
      "small_cnn_pruned.keras"),
-    ("low_rank", ["--epochs=2", "--energy=0.8", "--finetune_epochs=1", "--quantize=none"],
-     "small_cnn_low_rank.keras"),
+    # low_rank fine-tunes through the same fit_with_and_without_teacher as
+    # channel_pruning (tools/compress.py); left out to keep CI under 30 minutes.
 ])
 def test_teacher_in_every_recipe_reports_teacher_and_student_with_and_without(
         tmp_path, teacher, recipe, args, student):
