@@ -5,8 +5,11 @@ dicts, a Sequential nested in a functional model, a functional model nested in a
 Sequential, and a layer called twice (shared). Entry points: prune_low_magnitude,
 cluster_weights, quantize_model (QAT -> int8 file within one step of Keras on
 >= 99.9% of outputs), lower_model, profile (multiply-adds against the formula) and
-to_tflite. Subclassed models get a clear ValueError from each of them.
+to_tflite. Subclassed models get a clear ValueError from each model-level entry
+point, saying what to do instead (tests/test_subclassed.py covers what works for them).
 """
+
+import re
 
 import keras
 import numpy as np
@@ -276,19 +279,23 @@ class _Subclassed(keras.Model):
         return self.fc(x)
 
 
-@pytest.mark.parametrize("entry", [
-    prune_low_magnitude,
-    lambda m: cluster_weights(m, 2),
-    quantize_model,
-    lower_model,
-    tfcompress.profile,
-])
-def test_subclassed_models_get_a_clear_error(entry):
+@pytest.mark.parametrize(("entry", "what_to_do"), [
+    (prune_low_magnitude, (r"Wrap the layers inside the subclassed model's __init__ with "
+                           r"prune_low_magnitude\(layer\)")),
+    (lambda m: cluster_weights(m, 2), (r"Wrap the layers inside the subclassed model's "
+                                       r"__init__ with cluster_weights\(layer, ")),
+    (quantize_model, (r"Build the same network with the functional API .* or use "
+                      r"post-training quantization, tfcompress.export.to_tflite\(model, "
+                      r"representative_data\)")),
+    (lower_model, "Rebuild it with the functional API"),
+    (tfcompress.profile, r"Profile a functional or Sequential model"),
+], ids=["prune_low_magnitude", "cluster_weights", "quantize_model", "lower_model", "profile"])
+def test_subclassed_models_get_a_clear_error(entry, what_to_do):
     model = _Subclassed()
     model(np.ones((1, 3), "float32"))
-    with pytest.raises(ValueError, match="subclassed"):
+    with pytest.raises(ValueError, match="subclassed") as error:
         entry(model)
-
+    assert re.search(what_to_do, str(error.value)), str(error.value)
 
 
 @pytest.mark.slow

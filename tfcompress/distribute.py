@@ -348,8 +348,8 @@ def fit(model, dataset, *, epochs=1, steps_per_epoch=None, callbacks=(), verbose
         ...     pruned.compile("adam", "sparse_categorical_crossentropy", metrics=["accuracy"])
         >>> history = distribute.fit(pruned, dataset, epochs=2,
         ...                          callbacks=[tfcompress.pruning.UpdatePruningStep()])
-        >>> history.history["loss"]
-        [0.92, 0.41]
+        >>> len(history.history["loss"])
+        2
     """
     _check_arguments(model, dataset, epochs, steps_per_epoch, callbacks, verbose)
     strategy = model.distribute_strategy

@@ -4,6 +4,11 @@
 models flattened, shared layers kept shared) with every layer that has weight
 matrices wrapped in `ClusterWeights`, k-means run on its trained values;
 `strip_clustering` rebuilds it with plain layers holding `C[I]`. Names follow tfmot.
+
+A subclassed model has no graph to rebuild: wrap its layers in its `__init__`
+(`self.fc = cluster_weights(keras.layers.Dense(10), 16)`), fine-tune it with `fit`,
+and `strip_clustering(model)` returns the functional model its `call()` traces to,
+with plain layers.
 """
 
 import dataclasses
@@ -18,7 +23,7 @@ from tfcompress.clustering.kmeans import (
     clustered_values,
 )
 from tfcompress.clustering.wrapper import ClusterWeights, unsupported_layer_error
-from tfcompress.core.graph import all_layers, check_model
+from tfcompress.core.graph import all_layers, is_subclassed, traced_model
 from tfcompress.core.traits import has_kernels, kernel_layer_names, kernel_variables
 from tfcompress.core.wrapper import (
     graph_to_wrap,
@@ -76,8 +81,10 @@ def cluster_weights(
         ValueError: for an invalid k or initialization, an unsupported layer
             (named, with the supported types), a name in the dict that is not a
             layer of the model (the layer names are listed), an already
-            clustered model or layer, a subclassed or unbuilt model, or more
-            clusters than the distinct values of a weight matrix.
+            clustered model or layer, an unbuilt model, or more clusters than
+            the distinct values of a weight matrix; for a subclassed model
+            (which cannot be rebuilt: wrap the layers in its `__init__` instead,
+            see the module docstring).
 
     Example:
         >>> clustered = cluster_weights(model, 16, cluster_centroids_init="linear")
@@ -101,6 +108,16 @@ def cluster_weights(
         )
 
     model = to_cluster
+    if is_subclassed(model):
+        raise ValueError(
+            f"cluster_weights cannot rebuild subclassed model {model.name!r} "
+            f"({type(model).__name__}): Keras has no graph of it. Wrap the layers inside "
+            "the subclassed model's __init__ with cluster_weights(layer, "
+            "number_of_clusters) (e.g. self.fc = cluster_weights(keras.layers.Dense(10), "
+            "16); a built layer is clustered at once, an unbuilt one at its first call), "
+            "fine-tune it with fit, then strip_clustering(model); or build the model with "
+            "the functional API."
+        )
     graph = graph_to_wrap(
         model, "cluster_weights", ClusterWeights, "clustered", "strip_clustering"
     )
@@ -127,6 +144,14 @@ def cluster_weights(
     })
 
 
+def _holds_wrappers(layer):
+    """True if a `ClusterWeights` is inside `layer` (at any depth of its sublayers)."""
+    return any(
+        isinstance(inner, ClusterWeights)
+        for inner in all_layers(layer, wrapped=False, sublayers=True) if inner is not layer
+    )
+
+
 def strip_clustering(model):
     """Replaces every `ClusterWeights` by its layer, with the clustered weights.
 
@@ -135,24 +160,58 @@ def strip_clustering(model):
     so the stripped model has at most k distinct non-zero values per matrix and
     the same outputs. Other layers are copied with their weights.
 
+    A subclassed model (clustering wrappers set as attributes in its `__init__`)
+    has no graph to rebuild and its class would create the wrappers again: its
+    `call()` is traced on `keras.Input`s of the shape it was built with
+    (`tfcompress.core.graph.traced_model`) and that functional graph is rebuilt,
+    so the result is a functional model of plain layers, which saves and loads
+    without the model's class and exports like any functional model. Its
+    `call()` must be made of layer calls. A custom layer (or
+    nested subclassed model) holding wrappers is traced through the same way
+    (its sublayers become layers of the result) when it has no weights of its
+    own; a wrapper in one that has cannot be reached (ValueError): strip such a
+    wrapper itself, `strip_clustering(wrapper)`.
+
     Args:
-        model: a functional or Sequential model (clustered or not; nested models
-            are flattened).
+        model: a built functional, Sequential or subclassed model (clustered or
+            not; nested models are flattened), or one `ClusterWeights` layer.
 
     Returns:
-        A new model (a Sequential for a Sequential, else functional) with plain
-        layers (named as the wrapped layers were); the input model is unchanged.
+        For a model, a new model (a Sequential for a Sequential, else
+        functional; functional for a subclassed model, named as it) with plain
+        layers (named as the wrapped layers were); the input model is
+        unchanged. For a `ClusterWeights`, a built copy of its layer holding
+        `C[I]`.
 
     Raises:
-        ValueError: for something that is not a functional or Sequential model.
+        ValueError: for something that is not a built model or a
+            `ClusterWeights`, a subclassed model that was never called or whose
+            `call()` cannot be traced, or clustering wrappers the rebuild cannot
+            reach (named).
 
     Example:
         >>> final = strip_clustering(clustered)
         >>> len(np.unique(final.get_layer("fc1").kernel)) <= 16
         True
     """
-    check_model(model, "strip_clustering")
-    return strip_wrappers(model, ClusterWeights)
+    if isinstance(model, ClusterWeights):
+        return model.stripped_layer()
+    with traced_model(model, "strip_clustering", inline=_holds_wrappers) as graph_model:
+        stripped = strip_wrappers(graph_model, ClusterWeights)
+    left = [
+        layer.name for layer in all_layers(stripped, wrapped=False, sublayers=True)
+        if isinstance(layer, ClusterWeights)
+    ]
+    if left:
+        raise ValueError(
+            f"strip_clustering cannot reach ClusterWeights layer(s) {', '.join(left)} of "
+            f"model {model.name!r}: they are inside a custom layer or nested subclassed "
+            "model with weights of its own, which the rebuild copies as one layer. Call "
+            "the wrapped layers directly in the model's call(), or strip each wrapper "
+            "itself with strip_clustering(wrapper) (the plain layer with its final "
+            "weights)."
+        )
+    return stripped
 
 
 @dataclasses.dataclass

@@ -41,10 +41,6 @@ def unsupported_layer_error(layer):
 _FROM_CONFIG = threading.local()
 
 
-def _input_shapes(inputs):
-    return keras.tree.map_structure(lambda x: tuple(x.shape), inputs)
-
-
 @keras.saving.register_keras_serializable(package="tfcompress")
 class ClusterWeights(KernelWrapper):
     """Shares the weights of a layer's weight matrices among k trained centroids.
@@ -68,10 +64,13 @@ class ClusterWeights(KernelWrapper):
     used.
 
     k-means runs when the layer is wrapped (as Keras' own `Dense.quantize()`
-    computes its values before creating state), or, for an unbuilt layer, once
-    the first call has built it; `build` only creates the variables. A wrapper
-    made from a config (loading a `.keras` file, copying a model) runs no
-    k-means: its values are the saved ones.
+    computes its values before creating state), or, for an unbuilt layer, on
+    its initial weights once the first call has built it; `build` creates the
+    variables with those values as their initial values (so they hold them also
+    when Keras builds the model by a symbolic call, e.g. a subclassed model
+    whose `__init__` wraps its layers: variables made there are initialized
+    after the call). A wrapper made from a config (loading a `.keras` file,
+    copying a model) runs no k-means: its values are the saved ones.
 
     Args:
         layer: the layer to cluster (built with trained weights, or unbuilt: then
@@ -126,7 +125,7 @@ class ClusterWeights(KernelWrapper):
         self.preserve_sparsity = bool(preserve_sparsity)
         self.seed = seed
         restoring = getattr(_FROM_CONFIG, "active", False)
-        # The k-means result, assigned once `build` has created the variables.
+        # The k-means result, the initial value of the variables `build` creates.
         self._clusters = self.cluster_layer() if layer.built and not restoring else None
         self._cluster_at_first_call = not layer.built and not restoring
 
@@ -159,13 +158,31 @@ class ClusterWeights(KernelWrapper):
             for i, kernel in enumerate(kernels)
         ]
 
-    def __call__(self, inputs, *args, **kwargs):
-        if self._cluster_at_first_call and not self.layer.built:
-            # An unbuilt layer was wrapped: cluster its initial weights once it has them.
-            self.layer.build(_input_shapes(inputs))
-            self._clusters = self.cluster_layer()
-        self._cluster_at_first_call = False
-        return super().__call__(inputs, *args, **kwargs)
+    def _initializer(self, i, part, default):
+        """The initializer of part `part` (0 centroids, 1 indices, 2 mask) of matrix i:
+        the k-means result (computed now, or for a layer built by this `build` when
+        the variable is initialized, from the layer's initial weights), else `default`.
+        """
+        if self._clusters is None and not self._cluster_at_first_call:
+            return default  # made from a config: the saved values come next
+        precomputed, cache = self._clusters, {}
+        placeholder = keras.initializers.get(default)
+
+        def initializer(shape, dtype=None):
+            if "clusters" not in cache:
+                if precomputed is None:
+                    try:
+                        for kernel in self.kernel_variables():
+                            kernel.numpy()
+                    except (AttributeError, NotImplementedError, ValueError):
+                        # Keras' symbolic build reads variables made in it before they
+                        # are initialized: a value for shape inference only.
+                        return placeholder(shape, dtype=dtype)
+                cache["clusters"] = precomputed if precomputed is not None else self.cluster_layer()
+            value = np.asarray(cache["clusters"][i][part])
+            return value.astype(dtype) if dtype is not None else value
+
+        return initializer
 
     def build(self, input_shape=None):
         if not self.layer.built:
@@ -174,32 +191,32 @@ class ClusterWeights(KernelWrapper):
         if not kernels:
             raise unsupported_layer_error(self.layer)
         centroid_vars, index_vars, mask_vars = [], [], []
-        for kernel in kernels:
+        for i, kernel in enumerate(kernels):
             prefix = kernel.name if len(kernels) > 1 else ""
             prefix = f"{prefix}_" if prefix else ""
             shape = tuple(kernel.shape)
             centroid_vars.append(self.add_weight(
                 name=f"{prefix}cluster_centroids", shape=(self.number_of_clusters,),
-                dtype=kernel.dtype, initializer="zeros", trainable=True,
+                dtype=kernel.dtype, initializer=self._initializer(i, 0, "zeros"),
+                trainable=True,
             ))
             index_vars.append(self.add_weight(
                 name=f"{prefix}cluster_indices", shape=shape, dtype="int32",
-                initializer="zeros", trainable=False,
+                initializer=self._initializer(i, 1, "zeros"), trainable=False,
             ))
             if self.preserve_sparsity:
                 mask_vars.append(self.add_weight(
                     name=f"{prefix}sparsity_mask", shape=shape, dtype=kernel.dtype,
-                    initializer="ones", trainable=False,
+                    initializer=self._initializer(i, 2, "ones"), trainable=False,
                 ))
             # The optimizer must not look for a gradient of the unused original.
             kernel.trainable = False
         self.cluster_centroids = centroid_vars
         self.cluster_indices = index_vars
         self.sparsity_masks = mask_vars
+        self._clusters = None
+        self._cluster_at_first_call = False
         self.built = True
-        if self._clusters is not None:
-            self.assign_clusters(self._clusters)
-            self._clusters = None
 
     def assign_clusters(self, clusters):
         """Sets the centroids, indices and masks (a `cluster_layer()` result)."""

@@ -18,10 +18,16 @@ back into a model:
   layer of another nested model has that name too, the nested models' names and its
   own joined with "_".
 
+A subclassed model has no graph of its own: `traced_model(model, what)` gives the
+functional model its `call()` builds on `keras.Input`s of its build shape (the same
+layer objects; the calls it records are removed again afterwards), which `rebuild`
+then copies like any other. `all_layers` follows every tracked sublayer of a
+subclassed model, custom layers' included.
+
 This is the only module of tfcompress that reads private Keras attributes
-(`_keras_history`, `_inbound_nodes`, `_nodes_by_depth`, `_functional`,
-`_run_through_graph`): Keras 3 has no public API for a model's nodes. Everything
-else uses the graph.
+(`_keras_history`, `_inbound_nodes`, `_outbound_nodes`, `_nodes_by_depth`,
+`_functional`, `_run_through_graph`, `_layers`): Keras 3 has no public API for a
+model's nodes. Everything else uses the graph.
 
 Example:
     >>> graph = ModelGraph(model)
@@ -32,6 +38,8 @@ Example:
 """
 
 import collections
+import contextlib
+import inspect
 
 import keras
 
@@ -42,7 +50,10 @@ __all__ = [
     "all_layers",
     "check_model",
     "is_graph_model",
+    "is_subclassed",
     "layer_call_inputs",
+    "subclassed_input_shape",
+    "traced_model",
 ]
 
 
@@ -67,6 +78,22 @@ def is_graph_model(model):
     return isinstance(model, keras.Model) and _functional_of(model) is not None
 
 
+def is_subclassed(model):
+    """True for a subclassed `keras.Model` (neither functional nor Sequential).
+
+    Args:
+        model: anything.
+
+    Returns:
+        True for an instance of a `keras.Model` subclass whose layers are attributes
+        set in `__init__` and called in `call()` (Keras has no graph of it).
+    """
+    return (
+        isinstance(model, keras.Model) and not isinstance(model, keras.Sequential)
+        and not hasattr(model, "_run_through_graph")
+    )
+
+
 def check_model(model, what):
     """Raises a ValueError unless `model` is a built functional or Sequential model.
 
@@ -80,7 +107,7 @@ def check_model(model, what):
     """
     if not isinstance(model, keras.Model):
         raise ValueError(f"{what} needs a keras.Model. Received: {model!r}")  # noqa: TRY004
-    if not isinstance(model, keras.Sequential) and not hasattr(model, "_run_through_graph"):
+    if is_subclassed(model):
         raise ValueError(
             f"{what} needs a functional or Sequential model; {model.name!r} is a subclassed "
             f"{type(model).__name__}, which Keras cannot clone. Rebuild it with the "
@@ -93,33 +120,215 @@ def check_model(model, what):
         )
 
 
-def all_layers(model_or_layer, wrapped=True):
+def _sublayers(layer):
+    """The layers `layer` tracks as attributes (Keras' `_layers`), in assignment order."""
+    tracked = getattr(layer, "_layers", None) or []
+    return [sub for sub in tracked if isinstance(sub, keras.layers.Layer)]
+
+
+def all_layers(model_or_layer, wrapped=True, sublayers=False):
     """`model_or_layer` and every layer inside it, depth first, each once.
 
     Follows the layers of nested models and, with `wrapped`, the layer a wrapper
-    holds (`layer.layer`: pruning and clustering wrappers, QAT wrappers).
+    holds (`layer.layer`: pruning and clustering wrappers, QAT wrappers). Inside a
+    subclassed model (which has no graph) it follows every tracked sublayer: the
+    layers set as attributes in `__init__`, also those of custom layers nested in
+    it (a wrapper's only through `layer.layer`, as above).
 
     Args:
         model_or_layer: a model or a layer.
         wrapped: also yield the layers inside wrappers.
+        sublayers: follow the tracked sublayers of every layer (custom layers of
+            functional models too), not only inside subclassed models.
 
     Yields:
         Layers (the argument first).
+
+    Example:
+        >>> # a subclassed "net": a pruned conv, a Flatten, a custom block holding a pruned fc
+        >>> [layer.name for layer in all_layers(net, wrapped=False)]
+        ['net', 'prune_low_magnitude_conv', 'flat', 'block', 'prune_low_magnitude_fc']
     """
-    seen, stack = set(), [model_or_layer]
+    seen, stack = set(), [(model_or_layer, sublayers)]
     while stack:
-        layer = stack.pop()
+        layer, deep = stack.pop()
         if id(layer) in seen:
             continue
         seen.add(id(layer))
         yield layer
-        children = list(getattr(layer, "layers", None) or []) if isinstance(
-            layer, keras.Model
-        ) else []
+        subclassed = is_subclassed(layer)
+        deep = deep or subclassed
+        if isinstance(layer, keras.Model) and not subclassed:
+            children = list(getattr(layer, "layers", None) or [])
+        elif deep and not isinstance(layer, keras.layers.Wrapper):
+            children = _sublayers(layer)
+        else:
+            children = []
         inner = getattr(layer, "layer", None) if wrapped else None
         if isinstance(inner, keras.layers.Layer):
             children.append(inner)
-        stack.extend(reversed(children))
+        stack.extend((child, deep) for child in reversed(children))
+
+
+def _is_shape(value):
+    return isinstance(value, (tuple, list)) and all(
+        d is None or isinstance(d, int) for d in value
+    )
+
+
+def subclassed_input_shape(model):
+    """The input shape a subclassed model was built with (its first call), or None.
+
+    Args:
+        model: a subclassed `keras.Model`.
+
+    Returns:
+        `model.get_build_config()["input_shape"]` with the batch axis: a tuple of
+        ints / None for one input tensor, else a list or dict of such tuples; None
+        when the model has not been built by a call (or was built with several
+        keyword arguments).
+    """
+    config = model.get_build_config() if model.built else None
+    shape = (config or {}).get("input_shape")
+    if shape is None:
+        return None
+
+    def plain(value):
+        if _is_shape(value):
+            return tuple(value)
+        if isinstance(value, dict):
+            return {key: plain(v) for key, v in value.items()}
+        return [plain(v) for v in value]
+
+    return plain(shape)
+
+
+def _own_weights(layer):
+    """The weights of `layer` that none of its sublayers holds."""
+    held = {id(w) for sub in _sublayers(layer) for w in sub.weights}
+    return [w for w in layer.weights if id(w) not in held]
+
+
+def _inline(functional, inline):
+    """`functional` with every node whose layer `inline(layer)` marks replaced by the
+    calls its `call()` makes (on the same layer objects), or None if there is none."""
+    graph = ModelGraph(functional)
+
+    def marked(layer):
+        return (isinstance(layer, keras.layers.Layer)
+                and not isinstance(layer, keras.layers.Wrapper) and not is_graph_model(layer)
+                and not _own_weights(layer) and inline(layer))
+
+    if not any(marked(node.layer) for node in graph.nodes):
+        return None
+    values = {}
+    inputs = [
+        keras.Input(batch_shape=t.shape, dtype=t.dtype, name=t.name) for t in graph.inputs
+    ]
+    for tensor, keras_input in zip(graph.inputs, inputs):
+        values[tensor.index] = keras_input
+
+    def value(v):
+        return values[v.index] if isinstance(v, GraphTensor) else v
+
+    for node in graph.nodes:
+        args = keras.tree.map_structure(value, node.args)
+        kwargs = keras.tree.map_structure(value, node.kwargs)
+        call = node.layer.call if marked(node.layer) else node.layer
+        outputs = keras.tree.flatten(call(*args, **kwargs))
+        for tensor, output in zip(node.outputs, outputs):
+            values[tensor.index] = output
+    return keras.Model(
+        keras.tree.map_structure(lambda t: inputs[graph.inputs.index(t)], graph.input_structure),
+        keras.tree.map_structure(value, graph.output_structure),
+        name=functional.name,
+    )
+
+
+@contextlib.contextmanager
+def traced_model(model, what, inline=None):
+    """The functional model a subclassed model's `call()` builds, for the `with` block.
+
+    `model.call` runs once on `keras.Input`s of `subclassed_input_shape(model)`
+    (batch axis None), so every layer it calls becomes a node of a functional
+    model over the same layer objects (a layer called twice is shared). Nested
+    functional and Sequential models expand as usual (`ModelGraph`); a custom
+    layer or nested subclassed model stays one node, unless `inline(layer)` is
+    true and it holds no weights of its own: then its `call()` is traced in its
+    place (its sublayers become nodes), again for the layers that brings in. The
+    calls this records on the model's layers are removed when the block ends, so
+    the model is left as it was: use the functional model only inside the block
+    (`rebuild` it into a copy). A functional or Sequential model is yielded as it
+    is.
+
+    Args:
+        model: a built functional, Sequential or subclassed model.
+        what: the caller's name, for the messages ("strip_pruning").
+        inline: None, or `fn(layer) -> bool`: which custom layers of a subclassed
+            model to trace through (e.g. those holding pruning wrappers).
+
+    Yields:
+        A built functional or Sequential `keras.Model`.
+
+    Raises:
+        ValueError: for a non-model or unbuilt model (as `check_model`), a
+            subclassed model never called on data (no build shape), or one whose
+            `call()` cannot run on symbolic inputs (the error is named).
+
+    Example:
+        >>> with traced_model(subclassed, "strip_pruning") as functional:
+        ...     copy = rebuild(functional)
+    """
+    if not is_subclassed(model):
+        check_model(model, what)
+        yield model
+        return
+    shape = subclassed_input_shape(model)
+    if shape is None:
+        raise ValueError(
+            f"{what} reads subclassed model {model.name!r} by calling its call() on "
+            "symbolic inputs of the shape it was built with, but it has no build "
+            "shape (it was never called on data, or Keras could not run its call() "
+            "symbolically to record one): call it once on a batch of data first."
+        )
+    parameters = list(inspect.signature(model.call).parameters)
+    base = parameters[0] if parameters else "inputs"
+    leaves = [0]
+
+    def new_input(value):
+        if _is_shape(value):
+            name = base if _is_shape(shape) else f"{base}_{leaves[0]}"
+            leaves[0] += 1
+            return keras.Input(batch_shape=(None,) + tuple(value[1:]), name=name)
+        if isinstance(value, dict):
+            return {key: new_input(v) for key, v in value.items()}
+        return [new_input(v) for v in value]
+
+    layers = list(all_layers(model))[1:]
+    recorded = [(layer, len(layer._inbound_nodes), len(layer._outbound_nodes))
+                for layer in layers]
+    try:
+        inputs = new_input(shape)
+        try:
+            outputs = model.call(inputs)
+            functional = keras.Model(inputs, outputs, name=model.name)
+            for _ in range(len(layers)):  # each pass opens one more level of custom layers
+                opened = _inline(functional, inline) if inline is not None else None
+                if opened is None:
+                    break
+                functional = opened
+        except Exception as error:
+            raise ValueError(
+                f"{what} reads subclassed model {model.name!r} ({type(model).__name__}) "
+                f"by calling its call() on keras.Input of shape {shape}, which failed: "
+                f"{type(error).__name__}: {error}. call() must be built from layer calls "
+                "and keras.ops (no Python branching on tensor values)."
+            ) from error
+        yield functional
+    finally:
+        for layer, inbound, outbound in recorded:
+            del layer._inbound_nodes[inbound:]
+            del layer._outbound_nodes[outbound:]
 
 
 def layer_call_inputs(tensor):

@@ -108,7 +108,8 @@ class Rebuild:
             kwargs = dict(kwargs, training=node.training)
         outputs = layer(*args, **kwargs)
         original = self._weights_due.pop(id(layer), None)
-        if original is not None:
+        # A keras.ops call in a functional graph is an Operation without weights.
+        if original is not None and isinstance(layer, keras.layers.Layer):
             layer.set_weights(original.get_weights())
         return outputs
 

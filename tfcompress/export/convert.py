@@ -4,18 +4,28 @@ Keras 3 models are exported through a SavedModel (`model.export`) and converted
 with `tf.lite.TFLiteConverter.from_saved_model`, the supported path for Keras 3
 (`TFLiteConverter.from_keras_model` expects Keras 2 internals). Every tfcompress
 layer is written with `keras.ops` that lower to TFLite builtin operators (Shift:
-PAD + STRIDED_SLICE + CONCATENATION; AdderConv: STRIDED_SLICE + SUB + LEAKY_RELU(-1) + SUM;
+PAD + STRIDED_SLICE + CONCATENATION; AdderConv: STRIDED_SLICE + SUB + LEAKY_RELU(-1) + a 1x1 CONV_2D;
 BinaryConv: SELECT_V2 + CONV_2D), so no Flex or custom operator is needed. Models
 with several inputs and outputs convert too: the file's signature names the
-inputs as the Keras model does.
+inputs as the Keras model does. A subclassed model (one input tensor) is exported
+through its traced function: `model.export` with an input signature of the
+representative data's shape (or, without data, the shape the model was built
+with), batch axis None.
 """
 
+import inspect
 import os
 import tempfile
 
 import numpy as np
 
-from tfcompress.core.graph import ModelGraph, all_layers, is_graph_model
+from tfcompress.core.graph import (
+    ModelGraph,
+    all_layers,
+    is_graph_model,
+    is_subclassed,
+    subclassed_input_shape,
+)
 from tfcompress.export.checks import check_integer_only
 from tfcompress.layers.adder import tflite_graph
 from tfcompress.quantization import ActivationQuantizer
@@ -42,10 +52,15 @@ def to_tflite(model, representative_data=None, *, int8_io=True, mode="int8"):
 
     Args:
         model: a built `keras.Model` with a defined input shape (functional or
-            Sequential, several inputs and outputs included).
+            Sequential, several inputs and outputs included), or a subclassed
+            model with one input tensor that has been called on data (its
+            traced function is exported; the file's input is named after the
+            first argument of its `call()`).
         representative_data: model inputs for calibration, (N, ...) per input (at
             most 256 examples are used): an array for a model with one input,
             else a list in `model.inputs` order or a dict {input name: array}.
+            For a subclassed model, an array of the shape it was built with
+            (None axes of that shape may take any size).
             Required for "int8" from a float model; optional for a QAT model
             (each input's range is then sampled).
         int8_io: in "int8" mode, int8 input and output tensors (else float32 with
@@ -56,7 +71,8 @@ def to_tflite(model, representative_data=None, *, int8_io=True, mode="int8"):
         The `.tflite` file contents as bytes.
 
     Raises:
-        ValueError: for an unknown mode, a model without a defined input shape,
+        ValueError: for an unknown mode, a model without a defined input shape
+            (a subclassed model never called, or called on several tensors),
             missing/empty/mis-shaped calibration data, or (int8) an operator that
             is not integer-only.
 
@@ -64,6 +80,7 @@ def to_tflite(model, representative_data=None, *, int8_io=True, mode="int8"):
         >>> data = to_tflite(model, x_train[:200])          # int8 PTQ
         >>> data = to_tflite(qat_model)                      # int8 from QAT
         >>> data = to_tflite(model, mode="float32")
+        >>> data = to_tflite(subclassed_model, x_train[:200])   # its traced call
     """
     import tensorflow as tf
 
@@ -77,15 +94,23 @@ def to_tflite(model, representative_data=None, *, int8_io=True, mode="int8"):
         examples = representative_inputs(model, representative_data)
     with tempfile.TemporaryDirectory() as tmp:
         saved = os.path.join(tmp, "saved_model")
+        signature = {}
+        if is_subclassed(model):  # its traced function, batch axis None
+            name, shape = _subclassed_input(model)
+            if mode == "int8":
+                shape = examples[name].shape
+            signature["input_signature"] = [
+                tf.TensorSpec((None,) + tuple(shape[1:]), tf.float32, name=name)
+            ]
         with tflite_graph():  # AdderConv's |x - w| as LEAKY_RELU, which XNNPACK runs in int8
-            model.export(saved, format="tf_saved_model", verbose=False)
+            model.export(saved, format="tf_saved_model", verbose=False, **signature)
         converter = tf.lite.TFLiteConverter.from_saved_model(saved)
         if mode != "float32":
             converter.optimizations = [tf.lite.Optimize.DEFAULT]
         if mode == "float16":
             converter.target_spec.supported_types = [tf.float16]
         if mode == "int8":
-            names = [t.name for t in model.inputs]
+            names = list(examples)
             count = len(examples[names[0]])
             if len(names) == 1:
                 converter.representative_dataset = lambda: (
@@ -106,7 +131,14 @@ def to_tflite(model, representative_data=None, *, int8_io=True, mode="int8"):
 
 
 def check_exportable(model):
-    """Raises a ValueError unless `model` is built with defined inputs."""
+    """Raises a ValueError unless `model` is built with defined inputs.
+
+    A subclassed model must have been called on one input tensor (its build
+    shape is the traced function's input).
+    """
+    if is_subclassed(model):
+        _subclassed_input(model)
+        return
     inputs = getattr(model, "inputs", None)
     if not model.built or not inputs:
         raise ValueError(
@@ -114,6 +146,36 @@ def check_exportable(model):
             "`keras.Input(shape=...)` (functional/Sequential) or call it once on data "
             "before exporting."
         )
+
+
+def _subclassed_input(model):
+    """(input name, build shape with the batch axis) of a subclassed model's one input.
+
+    Raises:
+        ValueError: for a model never called on data, or called on several tensors.
+    """
+    shape = subclassed_input_shape(model)
+    if shape is None:
+        raise ValueError(
+            f"Subclassed model {model.name!r} has no input shape yet: call it once on a "
+            "batch of data (model(x[:1])) before exporting."
+        )
+    if not all(d is None or isinstance(d, int) for d in shape):
+        raise ValueError(
+            f"Subclassed model {model.name!r} takes several input tensors (built with "
+            f"{shape}); to_tflite exports subclassed models with one input tensor. Build "
+            "it with the functional API (keras.Model(inputs, outputs)) to export it."
+        )
+    parameters = list(inspect.signature(model.call).parameters)
+    return (parameters[0] if parameters else "inputs"), shape
+
+
+def _input_shapes(model):
+    """{input name: shape without the batch axis}, in `model.inputs` order."""
+    if is_subclassed(model):
+        name, shape = _subclassed_input(model)
+        return {name: tuple(shape[1:])}
+    return {t.name: tuple(t.shape[1:]) for t in model.inputs}
 
 
 def _is_qat(model):
@@ -153,8 +215,8 @@ def representative_inputs(model, data):
         ValueError: for missing data on a float model, empty data, data that does
             not match the inputs (names, count or shapes).
     """
-    names = [t.name for t in model.inputs]
-    shapes = {t.name: tuple(t.shape[1:]) for t in model.inputs}
+    shapes = _input_shapes(model)
+    names = list(shapes)
     wanted = ", ".join(f"{n}: (N,) + {shapes[n]}" for n in names)
     if data is None:
         ranges = _input_ranges(model) if _is_qat(model) else {}

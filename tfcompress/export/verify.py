@@ -84,7 +84,7 @@ def verify(tflite_bytes, keras_model, data, batch_size=256, runner="litert", lab
         >>> report["argmax_agreement"]
         1.0
     """
-    names = [t.name for t in keras_model.inputs]
+    names = [t.name for t in getattr(keras_model, "inputs", None) or []]
     if isinstance(data, (list, tuple)) and len(names) > 1:
         data = dict(zip(names, data))
     if isinstance(data, dict):

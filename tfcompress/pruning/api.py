@@ -4,6 +4,11 @@
 (nested models flattened, shared layers kept shared) with every layer that has
 weight matrices wrapped in `PruneLowMagnitude`; `strip_pruning` rebuilds it with
 plain layers holding `W * mask`. Names and behaviour follow tfmot.
+
+A subclassed model has no graph to rebuild: wrap its layers in its `__init__`
+(`self.fc = prune_low_magnitude(keras.layers.Dense(10), schedule)`), train it with
+`UpdatePruningStep`, and `strip_pruning(model)` returns the functional model its
+`call()` traces to, with plain layers.
 """
 
 import numbers
@@ -11,7 +16,7 @@ import numbers
 import keras
 import numpy as np
 
-from tfcompress.core.graph import all_layers, check_model
+from tfcompress.core.graph import all_layers, is_subclassed, traced_model
 from tfcompress.core.traits import has_kernels, kernel_layer_names, kernel_variables
 from tfcompress.core.wrapper import (
     check_layer_names,
@@ -72,8 +77,9 @@ def prune_low_magnitude(to_prune, pruning_schedule=None, sparsity_m_by_n=None, *
         ValueError: for an invalid schedule or `sparsity_m_by_n`, an unsupported
             layer (named, with the supported types), a name in the dict that is
             not a layer of the model (the layer names are listed), an already
-            pruned model or layer, a subclassed or unbuilt model, or a model
-            without any layer to prune.
+            pruned model or layer, an unbuilt model, or a model without any
+            layer to prune; for a subclassed model (which cannot be rebuilt:
+            wrap the layers in its `__init__` instead, see the module docstring).
 
     Example:
         >>> pruned = prune_low_magnitude(model, ConstantSparsity(0.8, begin_step=0))
@@ -98,6 +104,15 @@ def prune_low_magnitude(to_prune, pruning_schedule=None, sparsity_m_by_n=None, *
         return PruneLowMagnitude(to_prune, pruning_schedule, sparsity_m_by_n, **kwargs)
 
     model = to_prune
+    if is_subclassed(model):
+        raise ValueError(
+            f"prune_low_magnitude cannot rebuild subclassed model {model.name!r} "
+            f"({type(model).__name__}): Keras has no graph of it. Wrap the layers inside "
+            "the subclassed model's __init__ with prune_low_magnitude(layer) (e.g. "
+            "self.fc = prune_low_magnitude(keras.layers.Dense(10), schedule)), train it "
+            "with the UpdatePruningStep callback, then strip_pruning(model); or build "
+            "the model with the functional API."
+        )
     if kwargs:
         raise ValueError(
             f"Layer arguments are for a single layer, not a model. Received: {sorted(kwargs)}"
@@ -139,6 +154,14 @@ def _schedule_or_fraction(name, value):
     return deserialize_schedule(value)
 
 
+def _holds_wrappers(layer):
+    """True if a `PruneLowMagnitude` is inside `layer` (at any depth of its sublayers)."""
+    return any(
+        isinstance(inner, PruneLowMagnitude)
+        for inner in all_layers(layer, wrapped=False, sublayers=True) if inner is not layer
+    )
+
+
 def strip_pruning(model):
     """Replaces every `PruneLowMagnitude` by its layer, with the pruned weights.
 
@@ -147,26 +170,63 @@ def strip_pruning(model):
     without masks, step counters or constraints. Other layers are copied with
     their weights.
 
+    A subclassed model (pruning wrappers set as attributes in its `__init__`) has
+    no graph to rebuild and its class would create the wrappers again: its
+    `call()` is traced on `keras.Input`s of the shape it was built with
+    (`tfcompress.core.graph.traced_model`) and that functional graph is rebuilt,
+    so the result is a functional model of plain layers, which saves and loads
+    without the model's class and exports like any functional model. Its
+    `call()` must be made of layer calls. A custom layer (or
+    nested subclassed model) holding wrappers is traced through the same way
+    (its sublayers become layers of the result) when it has no weights of its
+    own; a wrapper in one that has cannot be reached (ValueError): strip such a
+    wrapper itself, `strip_pruning(wrapper)`.
+
     Args:
-        model: a functional or Sequential model (pruned or not; nested models
-            are flattened).
+        model: a built functional, Sequential or subclassed model (pruned or not;
+            nested models are flattened), or one `PruneLowMagnitude` layer.
 
     Returns:
-        A new, uncompiled model (a Sequential for a Sequential, else functional)
-        with plain layers (named as the wrapped layers were); the input model is
-        unchanged.
+        For a model, a new, uncompiled model (a Sequential for a Sequential,
+        else functional; functional for a subclassed model, named as it, inputs
+        named after `call()`'s first argument) with plain layers (named as the
+        wrapped layers were); the input model is unchanged. For a
+        `PruneLowMagnitude`, a built copy of its layer holding `W * mask`.
 
     Raises:
-        ValueError: for something that is not a built functional or Sequential
-            model.
+        ValueError: for something that is not a built model or a
+            `PruneLowMagnitude`, a subclassed model that was never called or
+            whose `call()` cannot be traced, or pruning wrappers the rebuild
+            cannot reach (named).
 
     Example:
         >>> final = strip_pruning(pruned)
         >>> float(np.mean(final.get_layer("fc1").kernel.numpy() == 0))
         0.9
+        >>> dense = strip_pruning(pruned_subclassed.fc)   # one wrapper
     """
-    check_model(model, "strip_pruning")
-    return strip_wrappers(model, PruneLowMagnitude)
+    if isinstance(model, PruneLowMagnitude):
+        return model.stripped_layer()
+    with traced_model(model, "strip_pruning", inline=_holds_wrappers) as graph_model:
+        stripped = strip_wrappers(graph_model, PruneLowMagnitude)
+    _check_stripped(stripped, PruneLowMagnitude, "strip_pruning", model)
+    return stripped
+
+
+def _check_stripped(stripped, wrapper_class, what, model):
+    """Raises a ValueError naming the `wrapper_class` layers a rebuild could not reach."""
+    left = [
+        layer.name for layer in all_layers(stripped, wrapped=False, sublayers=True)
+        if isinstance(layer, wrapper_class)
+    ]
+    if left:
+        raise ValueError(
+            f"{what} cannot reach {wrapper_class.__name__} layer(s) {', '.join(left)} of "
+            f"model {model.name!r}: they are inside a custom layer or nested subclassed "
+            "model with weights of its own, which the rebuild copies as one layer. Call "
+            "the wrapped layers directly in the model's call(), or strip each wrapper "
+            f"itself with {what}(wrapper) (the plain layer with its final weights)."
+        )
 
 
 def _weight_rows(model):

@@ -19,8 +19,6 @@ from tfcompress.pruning.wrapper import PruneLowMagnitude
 __all__ = ["Pruner", "PruningSummaries", "UpdatePruningStep"]
 
 
-
-
 class Pruner:
     """Drives the pruning of a model in a custom training loop.
 
@@ -33,7 +31,8 @@ class Pruner:
 
     Args:
         model: a model (or layer) containing `PruneLowMagnitude` layers, also
-            inside nested models.
+            inside nested models, and in a subclassed model every wrapper its
+            `__init__` (or a custom layer's in it) set as an attribute.
 
     Raises:
         ValueError: if it contains none.
@@ -104,6 +103,18 @@ class Pruner:
         }
 
 
+def _pruner_once_built(model):
+    """`Pruner(model)`, or None while `fit` has yet to build a subclassed model.
+
+    A subclassed model never called on data is built by the first training step
+    (Keras defers building to it), after the callbacks' `on_train_begin`.
+    """
+    wrappers = wrappers_in(model, PruneLowMagnitude)
+    if wrappers and not model.built and not all(w.built for w in wrappers):
+        return None
+    return Pruner(model)
+
+
 class UpdatePruningStep(keras.callbacks.Callback):
     """Advances the pruning step before each batch and updates the masks when due.
 
@@ -113,7 +124,11 @@ class UpdatePruningStep(keras.callbacks.Callback):
     its saved step) and the masks the schedule marks are recomputed. At the end
     of every epoch and of training, `W <- W * mask` once more (belt and braces,
     e.g. after an optimizer's EMA swap). With `steps_per_execution > 1` the
-    step counts executions, not batches.
+    step counts executions, not batches. The wrappers are found as `Pruner`
+    finds them: in nested models and anywhere inside a subclassed model. A
+    subclassed model that `fit` itself builds (never called on data before)
+    runs its first batch unpruned, as it is built, and the count starts at the
+    second batch; call it on a batch first (`model(x[:1])`) for the rule above.
 
     Raises:
         ValueError: (at the start of training) if the model has no
@@ -128,16 +143,21 @@ class UpdatePruningStep(keras.callbacks.Callback):
         self.pruner = None
 
     def on_train_begin(self, logs=None):
-        self.pruner = Pruner(self.model)
+        self.pruner = _pruner_once_built(self.model)
 
     def on_train_batch_begin(self, batch, logs=None):
-        self.pruner.step()
+        if self.pruner is None:
+            self.pruner = _pruner_once_built(self.model)
+        if self.pruner is not None:
+            self.pruner.step()
 
     def on_epoch_end(self, epoch, logs=None):
-        self.pruner.apply_masks()
+        if self.pruner is not None:
+            self.pruner.apply_masks()
 
     def on_train_end(self, logs=None):
-        self.pruner.apply_masks()
+        if self.pruner is not None:
+            self.pruner.apply_masks()
 
 
 class PruningSummaries(keras.callbacks.Callback):
@@ -189,13 +209,16 @@ class PruningSummaries(keras.callbacks.Callback):
     def on_train_begin(self, logs=None):
         import tensorflow as tf
 
-        self._wrappers = Pruner(self.model).wrappers
+        pruner = _pruner_once_built(self.model)  # None: fit builds the model first
+        self._wrappers = [] if pruner is None else pruner.wrappers
         self._writer = tf.summary.create_file_writer(os.path.join(self.log_dir, "metrics"))
         self._batches = 0
 
     def _write(self):
         import tensorflow as tf
 
+        if not self._wrappers:
+            self._wrappers = Pruner(self.model).wrappers
         # What `tf.summary.scalar` writes (a float32 tensor tagged for TensorBoard's
         # "scalars" plugin), without needing the tensorboard package installed.
         metadata = tf.compat.v1.SummaryMetadata()

@@ -10,7 +10,7 @@ thing.
 
 from keras import layers
 
-from tfcompress.core.graph import ModelGraph, check_model
+from tfcompress.core.graph import ModelGraph, check_model, is_subclassed
 from tfcompress.core.rewrite import fresh_copy, rebuild
 from tfcompress.layers import Sign
 from tfcompress.lowering import lower_model
@@ -78,7 +78,8 @@ def quantize_model(
         output structure, whose weights start equal to `model`'s.
 
     Raises:
-        ValueError: for a subclassed or unbuilt model, or a layer that cannot be
+        ValueError: for a subclassed model (QAT rebuilds the graph: the message
+            says what to do instead), an unbuilt model, or a layer that cannot be
             quantized (named, with the supported list).
 
     Example:
@@ -87,6 +88,16 @@ def quantize_model(
         >>> qat.fit(x, y, epochs=1)
         >>> tflite = tfcompress.export.to_tflite(qat, mode="int8")
     """
+    if is_subclassed(model):
+        raise ValueError(
+            f"quantize_model needs a functional or Sequential model: quantization-aware "
+            f"training rebuilds the model's graph, and subclassed model {model.name!r} "
+            f"({type(model).__name__}) has none. Build the same network with the "
+            "functional API (keras.Input -> layers -> keras.Model(inputs, outputs)) and "
+            "copy the weights, or use post-training quantization, "
+            "tfcompress.export.to_tflite(model, representative_data), which works for "
+            "subclassed models."
+        )
     check_model(model, "quantize_model")
     graph = ModelGraph(model)
     # Annotations are looked up by name: lowering copies the layers.
