@@ -55,6 +55,8 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from tfcompress.core.graph import optimizer_strategy, symbolic_build
+
 __all__ = ["fit", "replica_state_variables", "uses_own_loop"]
 
 _VERBOSE = (0, 1, 2, "auto")
@@ -171,7 +173,7 @@ def _is_chief(strategy):
 
 
 def _check_strategy(model, strategy):
-    owner = getattr(model.optimizer, "_distribution_strategy", strategy)
+    owner = optimizer_strategy(model.optimizer, default=strategy)
     if owner is not strategy:
         raise ValueError(
             f"The optimizer of model {model.name!r} was made outside the scope of its "
@@ -237,7 +239,7 @@ def _own_loop(model, strategy, dataset, epochs, steps_per_epoch, callbacks, verb
         # What `fit` does before training (the step it fails on is the reduction of a
         # real batch for it, #20585): model, compiled loss / metrics and optimizer
         # built from the batch's shapes, no data.
-        model._symbolic_build(data_batch=dataset.element_spec)
+        symbolic_build(model, dataset.element_spec)
     distributed = strategy.experimental_distribute_dataset(dataset)
     train_function = _make_train_function(model, strategy)
     cardinality = int(dataset.cardinality())

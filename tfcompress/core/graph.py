@@ -27,7 +27,9 @@ subclassed model, custom layers' included.
 This is the only module of tfcompress that reads private Keras attributes
 (`_keras_history`, `_inbound_nodes`, `_outbound_nodes`, `_nodes_by_depth`,
 `_functional`, `_run_through_graph`, `_layers`): Keras 3 has no public API for a
-model's nodes. Everything else uses the graph.
+model's nodes. Two more private calls serve `tfcompress.distribute`:
+`symbolic_build` (`Model._symbolic_build`, how `fit` builds a model from its data's
+shapes) and `optimizer_strategy` (`optimizer._distribution_strategy`). Everything else uses the graph.
 
 Example:
     >>> graph = ModelGraph(model)
@@ -52,7 +54,9 @@ __all__ = [
     "is_graph_model",
     "is_subclassed",
     "layer_call_inputs",
+    "optimizer_strategy",
     "subclassed_input_shape",
+    "symbolic_build",
     "traced_model",
 ]
 
@@ -688,3 +692,22 @@ class ModelGraph:
             f"{len(self._layers)} layers, {len(self.inputs)} inputs, "
             f"{len(self.outputs)} outputs>"
         )
+
+
+def symbolic_build(model, data_spec):
+    """Builds the model, its compiled loss / metrics and optimizer from data shapes.
+
+    What `model.fit` does before its first step (`Model._symbolic_build`), from
+    a `tf.data` element spec instead of a batch of data.
+
+    Args:
+        model: a compiled `keras.Model`.
+        data_spec: the structure of one batch, e.g. `dataset.element_spec`.
+    """
+    model._symbolic_build(data_batch=data_spec)
+
+
+def optimizer_strategy(optimizer, default=None):
+    """The `tf.distribute` strategy an optimizer was created under, or `default`."""
+    return getattr(optimizer, "_distribution_strategy", default)
+

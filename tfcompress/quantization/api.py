@@ -48,7 +48,9 @@ def quantize_model(
     The copy has int8 fake quantization on its input, on every weighted layer's
     (BatchNorm-folded) weights and after every fused conv + bias + activation,
     add, concat, pooling, ... exactly where an integer-only TFLite file quantizes.
-    It trains with `model.fit` (and under `tf.distribute` strategies), saves to
+    It trains with `model.fit` (on several devices or workers with
+    `tfcompress.distribute.fit`, which keeps the ranges equal on every replica;
+    under `MirroredStrategy` plain `fit` lets each replica's ranges drift), saves to
     `.keras`, and `tfcompress.export.to_tflite(qat_model, mode="int8")` turns it
     into the int8 file using the learned ranges. The original model is unchanged.
 
