@@ -26,13 +26,17 @@ from tfcompress.core.graph import (
     is_subclassed,
     subclassed_input_shape,
 )
-from tfcompress.export.checks import check_integer_only
+from tfcompress.export.checks import _layer_of, check_integer_only
 from tfcompress.layers.adder import tflite_graph
 from tfcompress.quantization import ActivationQuantizer
 
 __all__ = ["MODES", "to_tflite"]
 
-MODES = ("int8", "dynamic", "float16", "float32")
+MODES = ("int8", "int16x8", "dynamic", "float16", "float32")
+# Integer conversions of each bit width, and the bias operands TFLite's 16x8
+# kernels read as int64.
+_INTEGER_MODES = ("int8", "int16x8")
+_BIASED_OPS = ("CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED", "TRANSPOSE_CONV")
 _REPRESENTATIVE_EXAMPLES = 256
 
 
@@ -47,6 +51,15 @@ def to_tflite(model, representative_data=None, *, int8_io=True, mode="int8"):
             operator must be an integer builtin, with no DEQUANTIZE inside the
             graph, or a ValueError names the offending operator and layer.
         "dynamic": int8 weights, float activations (no data needed).
+        "int16x8": integer-only with int16 activations and int8 weights
+            (TFLite's `EXPERIMENTAL_TFLITE_BUILTINS_ACTIVATIONS_INT16_WEIGHTS_INT8`,
+            int64 biases): from a QAT model made with
+            `quantize_model(..., activation_bits=16)` its symmetric 16-bit ranges,
+            from a float model post-training calibration on `representative_data`.
+            The converter leaves a QAT model's biases int32, which 16x8 kernels
+            misread (half the output channels come out wrong); they are rewritten
+            as the int64 the kernels read, same values. An operator 16x8 cannot
+            run is named with its layer.
         "float16": float16 weights.
         "float32": no quantization.
 
@@ -63,9 +76,9 @@ def to_tflite(model, representative_data=None, *, int8_io=True, mode="int8"):
             (None axes of that shape may take any size).
             Required for "int8" from a float model; optional for a QAT model
             (each input's range is then sampled).
-        int8_io: in "int8" mode, int8 input and output tensors (else float32 with
-            QUANTIZE/DEQUANTIZE at the boundary).
-        mode: one of "int8", "dynamic", "float16", "float32".
+        int8_io: in "int8" mode, int8 input and output tensors, in "int16x8"
+            int16 ones (else float32 with QUANTIZE/DEQUANTIZE at the boundary).
+        mode: one of "int8", "int16x8", "dynamic", "float16", "float32".
 
     Returns:
         The `.tflite` file contents as bytes.
@@ -90,14 +103,27 @@ def to_tflite(model, representative_data=None, *, int8_io=True, mode="int8"):
             f"Received: mode={mode!r}"
         )
     check_exportable(model)
-    if mode == "int8":
+    bits = _activation_bits(model)
+    if mode == "int8" and 16 in bits:
+        raise ValueError(
+            f"Model {model.name!r} was made with quantize_model(..., activation_bits=16): "
+            "export it with mode='int16x8'."
+        )
+    if mode == "int16x8" and bits and 16 not in bits:
+        raise ValueError(
+            f"Model {model.name!r} is a QAT model with 8-bit activations: export it with "
+            "mode='int8', or make it with quantize_model(..., activation_bits=16) for "
+            "mode='int16x8'."
+        )
+    calibrate = mode == "int8" or (mode == "int16x8" and not bits)
+    if calibrate:
         examples = representative_inputs(model, representative_data)
     with tempfile.TemporaryDirectory() as tmp:
         saved = os.path.join(tmp, "saved_model")
         signature = {}
         if is_subclassed(model):  # its traced function, batch axis None
             name, shape = _subclassed_input(model)
-            if mode == "int8":
+            if calibrate:
                 shape = examples[name].shape
             signature["input_signature"] = [
                 tf.TensorSpec((None,) + tuple(shape[1:]), tf.float32, name=name)
@@ -109,7 +135,7 @@ def to_tflite(model, representative_data=None, *, int8_io=True, mode="int8"):
             converter.optimizations = [tf.lite.Optimize.DEFAULT]
         if mode == "float16":
             converter.target_spec.supported_types = [tf.float16]
-        if mode == "int8":
+        if calibrate:
             names = list(examples)
             count = len(examples[names[0]])
             if len(names) == 1:
@@ -120,14 +146,109 @@ def to_tflite(model, representative_data=None, *, int8_io=True, mode="int8"):
                 converter.representative_dataset = lambda: (
                     {n: examples[n][i][None] for n in names} for i in range(count)
                 )
+        if mode == "int8":
             converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
-            if int8_io:
-                converter.inference_input_type = tf.int8
-                converter.inference_output_type = tf.int8
-        tflite = converter.convert()
-    if mode == "int8":
+        if mode == "int16x8":
+            converter.target_spec.supported_ops = [
+                tf.lite.OpsSet.EXPERIMENTAL_TFLITE_BUILTINS_ACTIVATIONS_INT16_WEIGHTS_INT8
+            ]
+        if mode in _INTEGER_MODES and int8_io:
+            io_type = tf.int8 if mode == "int8" else tf.int16
+            converter.inference_input_type = io_type
+            converter.inference_output_type = io_type
+        try:
+            tflite = converter.convert()
+        except Exception as err:
+            if mode != "int16x8":
+                raise
+            raise ValueError(_int16x8_refusal(model, err, saved)) from err
+    if mode == "int16x8":
+        tflite = int64_biases(tflite)
+    if mode in _INTEGER_MODES:
         check_integer_only(tflite, model)
     return tflite
+
+
+def _activation_bits(model):
+    """The activation bit widths of a QAT model's quantizers (empty for a float model)."""
+    return {layer.num_bits for layer in all_layers(model)
+            if isinstance(layer, ActivationQuantizer)}
+
+
+def _int16x8_refusal(model, err, saved):
+    """The converter's 16x8 refusal, with the operator and the layer it comes from."""
+    import re
+
+    import tensorflow as tf
+
+    message = str(err)
+    found = re.findall(r"not yet supported for op: '?([A-Za-z0-9_.]+)'?", message)
+    found += re.findall(r"'tfl\.([a-z0-9_]+)' op", message)
+    op_names = sorted({f.split(".")[-1].upper() for f in found})
+    layer = None
+    if op_names:  # the float file's tensor names carry the layer names
+        from ai_edge_litert.interpreter import Interpreter
+
+        float_file = tf.lite.TFLiteConverter.from_saved_model(saved).convert()
+        interpreter = Interpreter(model_content=float_file)
+        tensors = {t["index"]: t["name"] for t in interpreter.get_tensor_details()}
+        import keras
+
+        names = [layer.name for layer in all_layers(model)
+                 if not isinstance(layer, keras.Model)]
+        for op in interpreter._get_ops_details():
+            if op["op_name"] in op_names:
+                layer = _layer_of([tensors[i] for i in list(op["outputs"]) + [
+                    i for i in op["inputs"] if i >= 0]], names)
+                if layer:
+                    break
+    what = ", ".join(op_names) if op_names else "an operator"
+    where = f" (layer {layer!r})" if layer else ""
+    return (
+        f"TFLite's 16x8 mode cannot run {what}{where} of model {model.name!r}. "
+        "16x8 runs convolutions, dense layers, pooling, Add, Concatenate, ReLU and "
+        "softmax; keep such layers out or export with mode='int8'. Converter: "
+        + message.strip().splitlines()[-1][:300]
+    )
+
+
+def int64_biases(tflite_bytes):
+    """The file with every int32 bias of a 16x8 operator rewritten as int64 (same values).
+
+    TFLite's 16x8 CONV_2D / DEPTHWISE_CONV_2D / FULLY_CONNECTED / TRANSPOSE_CONV
+    read an int16 input's bias as int64; the converter writes a QAT model's
+    biases as int32, which those kernels misread. Values and scales stay.
+
+    Args:
+        tflite_bytes: a `.tflite` file.
+
+    Returns:
+        The rewritten file (the same bytes when there is nothing to rewrite).
+    """
+    from tensorflow.lite.python import schema_py_generated as schema
+    from tensorflow.lite.tools import flatbuffer_utils
+
+    model = flatbuffer_utils.convert_bytearray_to_object(bytearray(tflite_bytes))
+    names = {value: key for key, value in vars(schema.BuiltinOperator).items()
+             if not key.startswith("_")}
+    changed = False
+    for subgraph in model.subgraphs:
+        for op in subgraph.operators:
+            code = model.operatorCodes[op.opcodeIndex]
+            name = names.get(max(code.builtinCode, code.deprecatedBuiltinCode))
+            if name not in _BIASED_OPS or len(op.inputs) < 3 or op.inputs[2] < 0:
+                continue
+            data, bias = subgraph.tensors[op.inputs[0]], subgraph.tensors[op.inputs[2]]
+            if data.type != schema.TensorType.INT16 or bias.type != schema.TensorType.INT32:
+                continue
+            buffer = model.buffers[bias.buffer]
+            values = np.frombuffer(bytes(bytearray(buffer.data)), np.int32).astype(np.int64)
+            buffer.data = np.frombuffer(values.tobytes(), np.uint8)
+            bias.type = schema.TensorType.INT64
+            changed = True
+    if not changed:
+        return tflite_bytes
+    return bytes(flatbuffer_utils.convert_object_to_bytearray(model))
 
 
 def check_exportable(model):

@@ -17,10 +17,14 @@ from tfcompress.lowering import lower_model
 from tfcompress.quantization.annotate import annotation_of
 from tfcompress.quantization.plan import activation_of, plan_fusions
 from tfcompress.quantization.quantizers import (
+    ACTIVATION_BITS,
     FIXED_RANGE,
     FIXED_RANGE_ACTIVATIONS,
+    RANGE_LEARNING,
     SIGN_RANGE,
+    WEIGHT_BITS,
     ActivationQuantizer,
+    check_bits,
 )
 from tfcompress.quantization.roles import (
     is_scale_preserving,
@@ -42,6 +46,7 @@ def _copy_weights(source, target):
 
 def quantize_model(
     model, per_channel=True, fold_batchnorm=True, ema_decay=0.999, init_range=(-6.0, 6.0),
+    *, activation_bits=8, weight_bits=8, range_learning="ema",
 ):
     """Returns a trainable quantization-aware copy of a functional or Sequential model.
 
@@ -74,6 +79,22 @@ def quantize_model(
             the first batch: it is the data's range (tfmot tracks its min/max).
             So do an AdderConv's: -sum |x - w| grows with the fan-in, far past
             (-6, 6), which would clip nearly every output (and zero its gradient).
+        activation_bits: 8 (int8) or 16: TFLite's 16x8 mode, int16 activations
+            (symmetric, zero point 0) and int8 weights; export it with
+            `to_tflite(qat, mode="int16x8")`. 16 bits supports the weighted layers
+            (folded BatchNorm, fused ReLU / ReLU6), Add, Concatenate, pooling,
+            reshapes and softmax; AdderConv / AdderDense, binarized inputs and an
+            unfolded BatchNormalization stay int8 only (an error names them).
+        weight_bits: 8 or 4 (int4 weights, symmetric per channel, levels -7..7;
+            the converter stores them as INT4 tensors). Only weighted layers
+            (Conv2D, DepthwiseConv2D, Dense and the compact layers lowered to them)
+            take 4 bits; AdderConv / AdderDense stay at 8 (an error names them).
+        range_learning: how activation ranges are found: "ema" (moving average
+            of batch min / max, as TF and tfmot), "lsq" (a trained step size,
+            Esser et al. 2020) or "pact" (a trained clipping level, Choi et al.
+            2018); see `ActivationQuantizer`. Learned ranges start at the first
+            training batch (not `init_range`); the model input's range and the
+            steps of AdderConv / an unfolded BatchNormalization stay "ema".
 
     Returns:
         A new functional `keras.Model` (uncompiled) with the model's input and
@@ -101,6 +122,13 @@ def quantize_model(
             "subclassed models."
         )
     check_model(model, "quantize_model")
+    activation_bits = check_bits("activation_bits", activation_bits, ACTIVATION_BITS)
+    weight_bits = check_bits("weight_bits", weight_bits, WEIGHT_BITS)
+    if range_learning not in RANGE_LEARNING:
+        raise ValueError(
+            f"`range_learning` must be one of {', '.join(map(repr, RANGE_LEARNING))}. "
+            f"Received: range_learning={range_learning!r}"
+        )
     graph = ModelGraph(model)
     # Annotations are looked up by name: lowering copies the layers.
     schemes = {
@@ -114,7 +142,8 @@ def quantize_model(
     def concat_quantizer(concat_name):
         if concat_name not in shared_quantizers:
             shared_quantizers[concat_name] = ActivationQuantizer(
-                ema_decay, init_range=init_range, name=f"quant_{concat_name}"
+                ema_decay, init_range=init_range, num_bits=activation_bits,
+                range_learning=range_learning, name=f"quant_{concat_name}",
             )
         return shared_quantizers[concat_name]
 
@@ -158,12 +187,23 @@ def quantize_model(
                     per_channel=per_channel if scheme is None else scheme == "per_channel",
                     ema_decay=ema_decay,
                     init_range=init_range,
+                    activation_bits=activation_bits,
+                    weight_bits=weight_bits,
+                    range_learning=range_learning,
                     name=f"quant_{name}",
                 ),
                 args, kwargs,
                 lambda w: [(original, w.layer)] + ([] if bn is None else [(bn, w.batchnorm)]),
             )
             return share(name, out) if name in plan.concat_shared else out
+        if role in ("adder", "batchnorm") and scheme != "float" and (
+                activation_bits != 8 or (weight_bits != 8 and role == "adder")):
+            raise ValueError(
+                f"Layer {name!r} ({type(original).__name__}) quantizes at 8 bits only: "
+                f"activation_bits={activation_bits}, weight_bits={weight_bits} cover the "
+                "weighted layers. Keep it float with quantize_annotate_layer(layer, "
+                "'float'), fold the BatchNormalization into a conv, or use the defaults."
+            )
         if role == "adder" and scheme != "float":
             return once(
                 name,
@@ -190,6 +230,12 @@ def quantize_model(
             act = activation_of(original)
             fixed = FIXED_RANGE if act in FIXED_RANGE_ACTIVATIONS else None
             if isinstance(original, Sign):
+                if activation_bits != 8:
+                    raise ValueError(
+                        f"Layer {name!r} binarizes its input (Sign: GREATER_EQUAL + "
+                        "SELECT_V2), which TFLite's 16x8 mode does not run: use "
+                        "activation_bits=8 for this model."
+                    )
                 fixed = SIGN_RANGE
             if isinstance(original, layers.Concatenate):
                 return concat_quantizer(name)(out)
@@ -200,7 +246,8 @@ def quantize_model(
                 lambda: ActivationQuantizer(
                     ema_decay, fixed_range=fixed, name=f"quant_{name}",
                     quantize_in_training=act not in FIXED_RANGE_ACTIVATIONS,
-                    init_range=init_range,
+                    init_range=init_range, num_bits=activation_bits,
+                    range_learning=range_learning,
                 ),
                 (out,), {} if node.training is None else {"training": node.training},
             )
@@ -215,7 +262,7 @@ def quantize_model(
     def input_fn(tensor, keras_input):
         # The input's range is the data's: it starts at the first batch either way.
         name = f"quant_{tensor.name}" if several else "quant_input"
-        return ActivationQuantizer(ema_decay, name=name)(keras_input)
+        return ActivationQuantizer(ema_decay, num_bits=activation_bits, name=name)(keras_input)
 
     return rebuild(
         lowered, node_fn=node_fn, input_fn=input_fn, name=f"{lowered.model.name}_qat",

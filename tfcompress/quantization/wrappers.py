@@ -26,15 +26,19 @@ from tfcompress.core.graph import layer_call_inputs
 from tfcompress.layers import AdderConv, AdderDense, BinaryConv, BinaryDense
 from tfcompress.layers.adder import in_tflite_graph, magnitude, unit_channel_sum
 from tfcompress.quantization.quantizers import (
+    ACTIVATION_BITS,
     FIXED_RANGE,
     FIXED_RANGE_ACTIVATIONS,
     FUSABLE_ACTIVATIONS,
+    WEIGHT_BITS,
     ActivationQuantizer,
     activation_name,
+    check_bits,
     check_range,
     fake_quant_constant,
     fake_quant_weights,
     weight_bound,
+    weight_levels,
 )
 from tfcompress.quantization.roles import is_scale_preserving, quantization_role
 
@@ -96,17 +100,26 @@ class QuantizeWrapper(layers.Layer):
         quantize_output: False when the output feeds only a concatenation, which
             quantizes it (TFLite gives concatenation inputs the output's scale).
         init_range: where the output range starts (`ActivationQuantizer`).
+        activation_bits: 8, or 16 for TFLite's 16x8 mode (int16 activations,
+            int64 biases).
+        weight_bits: 8, or 4 (int4 weights, levels -7..7).
+        range_learning: how the output range is found: "ema", "lsq" or "pact"
+            (`ActivationQuantizer`).
         **kwargs: standard Layer arguments.
 
     Raises:
-        ValueError: for an unsupported layer type or activation.
+        ValueError: for an unsupported layer type, activation or bit width.
     """
 
     def __init__(
         self, layer, batchnorm=None, activation="linear", per_channel=True, ema_decay=0.99,
-        quantize_output=True, init_range=None, **kwargs,
+        quantize_output=True, init_range=None, activation_bits=8, weight_bits=8,
+        range_learning="ema", **kwargs,
     ):
         super().__init__(**kwargs)
+        self.range_learning = range_learning
+        self.activation_bits = check_bits("activation_bits", activation_bits, ACTIVATION_BITS)
+        self.weight_bits = check_bits("weight_bits", weight_bits, WEIGHT_BITS)
         if isinstance(layer, dict):
             layer = keras.saving.deserialize_keras_object(layer)
         if isinstance(batchnorm, dict):
@@ -142,10 +155,13 @@ class QuantizeWrapper(layers.Layer):
         self.output_quantizer = ActivationQuantizer(
             ema_decay, fixed_range=FIXED_RANGE if fixed else None,
             quantize_in_training=not fixed, init_range=None if fixed else self.init_range,
+            num_bits=self.activation_bits, range_learning=range_learning,
             name="output_quantizer",
         )
         self.logits_quantizer = (
-            ActivationQuantizer(ema_decay, init_range=self.init_range, name="logits_quantizer")
+            ActivationQuantizer(ema_decay, init_range=self.init_range,
+                                num_bits=self.activation_bits, range_learning=range_learning,
+                                name="logits_quantizer")
             if fixed else None
         )
         self._input_quantizer_ref = None  # weakref, set when called in a functional graph
@@ -193,7 +209,9 @@ class QuantizeWrapper(layers.Layer):
 
     def _quantized_kernel(self, kernel):
         stored, per_channel = self._kernel_as_stored(kernel)
-        return ops.reshape(fake_quant_weights(stored, per_channel), kernel.shape)
+        return ops.reshape(
+            fake_quant_weights(stored, per_channel, num_bits=self.weight_bits), kernel.shape
+        )
 
     def _bias_on_int32_grid(self, bias, kernel):
         """The bias as the file stores it: int32 at scale `s_in * s_w`.
@@ -208,7 +226,8 @@ class QuantizeWrapper(layers.Layer):
         if quantizer is None:
             return bias
         stored, per_channel = self._kernel_as_stored(kernel)
-        step = quantizer.scale() * weight_bound(stored, per_channel) / 127.0
+        step = quantizer.scale() * weight_bound(stored, per_channel) / weight_levels(
+            self.weight_bits)
         return ops.round(bias / step) * step
 
     def __call__(self, inputs, *args, **kwargs):
@@ -305,6 +324,9 @@ class QuantizeWrapper(layers.Layer):
             ema_decay=self.ema_decay,
             quantize_output=self.quantize_output,
             init_range=self.init_range,
+            activation_bits=self.activation_bits,
+            weight_bits=self.weight_bits,
+            range_learning=self.range_learning,
         )
         return config
 
@@ -554,15 +576,16 @@ def input_quantizer_of(tensor):
         tensor = inputs[0]
 
 
-def _count_int8(layer, kernel, biases, input_shape, output_shape):
-    """Operations of the wrapped layer; int8 weights and int32 biases, as the file holds
-    them (folded BatchNorm statistics and quantizer ranges are no parameters)."""
+def _count_int8(layer, kernel, biases, input_shape, output_shape, weight_bits=8, bias_bits=32):
+    """Operations of the wrapped layer; int8 (or int4) weights and int32 (int64 in 16x8)
+    biases, as the file holds them (folded BatchNorm statistics and quantizer ranges
+    are no parameters)."""
     counts = count_layer(layer, input_shape, output_shape)
     size = math.prod(kernel.shape)
     return {
         "macs": counts["macs"], "adds": counts["adds"], "binary_ops": counts["binary_ops"],
         "params": size + biases, "trainable_params": size + biases,
-        "param_bits": 8 * size + 32 * biases,
+        "param_bits": weight_bits * size + bias_bits * biases,
     }
 
 
@@ -570,7 +593,9 @@ def _count_quantize_wrapper(wrapper, input_shape, output_shape):
     layer = wrapper.layer
     has_bias = bool(getattr(layer, "use_bias", False)) or wrapper.batchnorm is not None
     biases = wrapper.output_channels if has_bias else 0
-    return _count_int8(layer, layer.kernel, biases, input_shape, output_shape)
+    return _count_int8(layer, layer.kernel, biases, input_shape, output_shape,
+                       weight_bits=wrapper.weight_bits,
+                       bias_bits=64 if wrapper.activation_bits == 16 else 32)
 
 
 def _count_adder_wrapper(wrapper, input_shape, output_shape):
