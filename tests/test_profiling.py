@@ -486,3 +486,22 @@ def test_profile_of_a_qat_model_counts_int8_weights_and_int32_biases():
     assert (fc["macs"], fc["params"], fc["param_bits"]) == (432, 435, 432 * 8 + 3 * 32)
     quantizers = [row for row in rows.values() if row["type"] == "ActivationQuantizer"]
     assert quantizers and all(row["params"] == row["param_bits"] == 0 for row in quantizers)
+
+
+# --------------------------------------------------------------------------- accumulators
+
+
+def test_rows_carry_accumulator_widths_and_totals_leave_them_out():
+    result = profile(models.lenet_300_100())
+    rows = {row["name"]: row for row in result["layers"]}
+    # Float Dense layers at the int8 export's widths: 8 + 8 + ceil(log2 fan-in).
+    for name, fan_in in (("fc1", 784), ("fc2", 300), ("predictions", 100)):
+        row = rows[name]
+        assert row["fan_in"] == fan_in
+        assert row["accumulator_bits_rule"] == 16 + math.ceil(math.log2(fan_in))
+        assert row["accumulator_bits_exact"] is None
+        assert row["overflows_16bit"] is True
+    assert "fan_in" not in rows["flatten"]
+    assert "fan_in" not in result["total"] and "overflows_16bit" not in result["total"]
+    last = format_profile(result).splitlines()[-1]
+    assert last.endswith("3 of 3 layers: fc1 (26), fc2 (25), predictions (23)")

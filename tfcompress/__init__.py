@@ -8,7 +8,8 @@ Public API:
     pruning    prune_low_magnitude, ConstantSparsity, PolynomialDecay, strip_pruning;
                prune_channels (channels removed for real), GroupLasso,
                sensitivity_analysis
-    analysis   profile, estimate_energy
+    analysis   profile, estimate_energy, accumulator_bits (the accumulator width a
+               layer's bit widths and fan-in need; profile reports it per layer)
     clustering cluster_weights (k-means weight sharing), strip_clustering
     quantization  quantize_model (QAT, BatchNorm folding), quantize_annotate_layer
     lowering   lower_model: composite layers as the standard layers they are made of
@@ -52,6 +53,7 @@ from tfcompress import (
     recalibration,
 )
 from tfcompress.analysis import (
+    accumulator_bits,
     count_layer,
     estimate_energy,
     format_profile,
@@ -72,6 +74,7 @@ from tfcompress.recalibration import recalibrate_batchnorm
 
 __all__ = [
     "__version__",
+    "accumulator_bits",
     "analysis",
     "cluster_weights",
     "clustering",

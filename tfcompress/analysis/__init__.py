@@ -1,7 +1,15 @@
-"""Analysis of models: per-layer parameters, operations and bits (`profile`) and energy
-estimates (`estimate_energy`). Pruning sensitivity is `tfcompress.sensitivity_analysis`
-(`tfcompress.pruning.sensitivity`)."""
+"""Analysis of models: per-layer parameters, operations and bits (`profile`), accumulator
+widths (`accumulator_bits`, `layer_accumulator`) and energy estimates (`estimate_energy`).
+Pruning sensitivity is `tfcompress.sensitivity_analysis` (`tfcompress.pruning.sensitivity`)."""
 
+from tfcompress.analysis.accumulator import (
+    accumulator_bits,
+    accumulator_range,
+    get_accumulator,
+    layer_accumulator,
+    register_accumulator,
+    signed_width,
+)
 from tfcompress.analysis.energy import HOROWITZ_45NM_PJ, estimate_energy
 from tfcompress.analysis.profile import (
     count_layer,
@@ -14,11 +22,17 @@ from tfcompress.analysis.profile import (
 
 __all__ = [
     "HOROWITZ_45NM_PJ",
+    "accumulator_bits",
+    "accumulator_range",
     "count_layer",
     "dtype_bits",
     "estimate_energy",
     "format_profile",
+    "get_accumulator",
     "get_counter",
+    "layer_accumulator",
     "profile",
+    "register_accumulator",
     "register_counter",
+    "signed_width",
 ]

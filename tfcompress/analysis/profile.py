@@ -24,6 +24,15 @@ of one input example:
   XNOR scale alpha, which inference must store. Wrapped layers count bits as
   stored: a pruned matrix its non-zeros, a clustered one log2 of its codebook size
   per weight plus the codebook, a QAT layer 8 bits per weight and 32 per bias.
+- accumulator width, in the rows of layers that sum products (Conv, Dense and
+  the layers built from them, binary layers, QAT wrappers): "fan_in" (products
+  per output), "weight_bits", "activation_bits", "accumulator_bits_rule"
+  (`n_w + n_a + ceil(log2 fan_in)`; `ceil(log2(fan_in + 1)) + 1` for binary x
+  binary), "accumulator_bits_exact" (from the integer kernel when it is known:
+  QAT and binary layers; None otherwise) and "overflows_16bit" (the exact bits,
+  else the rule's, above 16). Float layers are reported at the int8 export's
+  widths (8 x 8, inputs with any zero point). Conventions and proofs:
+  `tfcompress.analysis.accumulator`.
 
 How each layer type is counted lives in the layer-traits registry
 (`tfcompress.core.traits`, field `counter`): `register_counter` adds a counter
@@ -50,6 +59,7 @@ import re
 import keras
 from keras import layers
 
+from tfcompress.analysis.accumulator import ACCUMULATOR_KEYS, layer_accumulator
 from tfcompress.core.graph import ModelGraph, check_model, is_graph_model
 from tfcompress.core.traits import layer_traits, register_layer_traits
 from tfcompress.layers import (
@@ -506,6 +516,9 @@ def _layer_row(graph, layer, seen):
         note = (note + "; " if note else "") + f"called {len(nodes)} times"
     name = "/".join(nodes[0].path + (layer.name,))
     row = _row(name, layer, nodes[0].output_shapes(), params, trainable, counts)
+    accumulator = layer_accumulator(layer)
+    if accumulator is not None:
+        row.update(accumulator)
     if note:
         row["note"] = note
     return row
@@ -565,9 +578,13 @@ def profile(model, print_table=False):
         row has "name", "type", "output_shape" (tuple with the batch axis, a
         list of tuples for several outputs), "params", "trainable_params",
         "non_trainable_params", "macs", "adds", "binary_ops", "param_bits",
-        and optionally "note" and keys added by registered counters. "total"
-        sums every numeric key; `total["params"] == model.count_params()` for a
-        model without wrappers.
+        and optionally "note" and keys added by registered counters. Rows of
+        layers that sum products also have the accumulator fields "fan_in",
+        "weight_bits", "activation_bits", "accumulator_bits_rule",
+        "accumulator_bits_exact" (None unless the integer kernel is known) and
+        "overflows_16bit" (`tfcompress.analysis.accumulator_bits`). "total"
+        sums every other numeric key; `total["params"] == model.count_params()`
+        for a model without wrappers.
 
     Raises:
         ValueError: if `model` is not a Keras model, is not built, is a
@@ -580,11 +597,15 @@ def profile(model, print_table=False):
         >>> result["total"]["params"], result["total"]["macs"]
         (266610, 266200)
         >>> print(format_profile(result))
+        >>> result["layers"][1]["fan_in"], result["layers"][1]["accumulator_bits_rule"]
+        (784, 26)
 
     Reference:
         Han, Mao, Dally, "Deep Compression", ICLR 2016 (params/MACs tables);
         Chen et al., "AdderNet", CVPR 2020 (2 additions per adder MAC);
-        Rastegari et al., "XNOR-Net", ECCV 2016 (binary operations).
+        Rastegari et al., "XNOR-Net", ECCV 2016 (binary operations);
+        Jacob et al., CVPR 2018, and Colbert et al., "A2Q", ICCV 2023
+        (accumulator widths).
     """
     if not isinstance(model, keras.Model):
         raise ValueError(  # noqa: TRY004
@@ -619,7 +640,7 @@ def profile(model, print_table=False):
     total = {}
     for row in rows:
         for key, value in row.items():
-            if key in ("name", "type", "output_shape", "note"):
+            if key in ("name", "type", "output_shape", "note") or key in ACCUMULATOR_KEYS:
                 continue
             total[key] = total.get(key, 0) + value
     for key in ROW_KEYS[3:]:
@@ -652,8 +673,11 @@ def format_profile(result):
     """Formats a `profile` result as an aligned text table.
 
     One line per layer (name, type, output shape, params, non-trainable params,
-    MACs, adds, binary ops, bits), a total line, and a summary with the weight
-    size in bytes at the counted bit widths.
+    MACs, adds, binary ops, bits, then the accumulator bits by the rule and
+    exactly, "-" where the integer weights are not known), a total line, a
+    summary with the weight size in bytes at the counted bit widths, and a line
+    naming the layers whose accumulator needs more than 16 bits (the exact bits
+    when known, else the rule's).
 
     Args:
         result: the dict returned by `profile`.
@@ -682,12 +706,16 @@ def format_profile(result):
         ("Adds", "adds", ">"),
         ("Binary ops", "binary_ops", ">"),
         ("Bits", "param_bits", ">"),
+        ("Acc rule", "accumulator_bits_rule", ">"),
+        ("Acc exact", "accumulator_bits_exact", ">"),
     ]
 
     def cell(row, key):
         value = row.get(key, "")
         if key == "output_shape":
             return _shape_text(value)
+        if key == "accumulator_bits_exact" and value is None:
+            return "-"
         if isinstance(value, numbers.Number) and not isinstance(value, bool):
             return f"{value:,}"
         return str(value)
@@ -723,4 +751,24 @@ def format_profile(result):
         f"Weights: {total.get('param_bits', 0) / 8 / 1024:,.1f} KiB at the counted bit widths "
         "(dtype bits; binary kernels 1 bit). Counts per example; BN folded: 0 MACs."
     )
+    lines.append(_overflow_line(result["layers"]))
     return "\n".join(lines)
+
+
+def _overflow_line(rows, shown=8):
+    """The summary line of the layers whose accumulator needs more than 16 bits."""
+    summing = [row for row in rows if "overflows_16bit" in row]
+    over = []
+    for row in summing:
+        if row["overflows_16bit"]:
+            exact = row.get("accumulator_bits_exact")
+            bits = row["accumulator_bits_rule"] if exact is None else exact
+            over.append(f"{row['name']} ({bits})")
+    head = (
+        f"Accumulators over 16 bits (exact when known, else the rule): {len(over)} of "
+        f"{len(summing)} layers"
+    )
+    if not over:
+        return head + "."
+    more = f", ... {len(over) - shown} more" if len(over) > shown else ""
+    return head + ": " + ", ".join(over[:shown]) + more
