@@ -382,3 +382,133 @@ def binary_dense_grads(x, kernel, g, binarize_input=True, scale="channel",
     d_binary = xb.T @ g
     d_x = d_xb * ste_grad(x, ste) if binarize_input else d_xb
     return d_x, binary_kernel_grad(kernel, d_binary, scale)
+
+
+# ------------------------------------------------------------------ HORQ (BinaryConv input_order)
+
+
+def horq(x, order):
+    """HORQ's x_hat = sum_i beta_i H_i (Li et al. 2017), beta per position over the last axis.
+
+    R_0 = x; H_i = sign(R_{i-1}); beta_i = mean_c |R_{i-1}|; R_i = R_{i-1} - beta_i H_i.
+    """
+    residual = np.asarray(x, np.float64)
+    total = np.zeros_like(residual)
+    for _ in range(order):
+        term = np.abs(residual).mean(axis=-1, keepdims=True) * sign(residual)
+        total += term
+        residual = residual - term
+    return total
+
+
+def horq_grad(x, g, order, ste="ste_sign"):
+    """dL/dx of `horq` for the upstream gradient g = dL/dx_hat, by reverse-mode by hand.
+
+    Every sign passes `g * ste'(R)`; every beta = mean |R| passes `d_beta * sign0(R) / C`
+    (sign0(0) = 0, TensorFlow's derivative of |r|); R_i = R_{i-1} - beta_i H_i passes
+    its gradient to R_{i-1} and, negated, to the term beta_i H_i.
+    """
+    g = np.asarray(g, np.float64)
+    residuals, signs, betas = [np.asarray(x, np.float64)], [], []
+    for _ in range(order):
+        r = residuals[-1]
+        signs.append(sign(r))
+        betas.append(np.abs(r).mean(axis=-1, keepdims=True))
+        residuals.append(r - betas[-1] * signs[-1])
+    d_next = np.zeros_like(g)  # dL/dR_order: R_order is not used
+    for i in reversed(range(order)):
+        r = residuals[i]
+        d_term = g - d_next  # x_hat += term; R_{i+1} = R_i - term
+        d_beta = (d_term * signs[i]).sum(axis=-1, keepdims=True)
+        d_next = (d_next + d_term * betas[i] * ste_grad(r, ste)
+                  + d_beta * np.sign(r) / r.shape[-1])
+    return d_next
+
+
+def _binarized(x, binarize_input, order):
+    if not binarize_input:
+        return np.asarray(x, np.float64)
+    return sign(x) if order == 1 else horq(x, order)
+
+
+def _binarized_grad(x, d_xb, binarize_input, order, ste):
+    if not binarize_input:
+        return d_xb
+    return d_xb * ste_grad(x, ste) if order == 1 else horq_grad(x, d_xb, order, ste)
+
+
+def horq_binary_conv(x, kernel, strides=1, padding="same", order=2, scale="channel",
+                     bias=None):
+    """BinaryConv(input_order=order): conv(horq(x) (order > 1) or sign(x), alpha * sign(W))."""
+    return conv2d(_binarized(x, True, order), binary_kernel(kernel, scale), strides, padding,
+                  bias)
+
+
+def horq_binary_conv_grads(x, kernel, g, strides=1, padding="same", order=2,
+                           scale="channel", ste="ste_sign"):
+    """(dL/dx, dL/dW) of `horq_binary_conv`."""
+    xb = _binarized(x, True, order)
+    d_xb, d_binary = conv2d_grads(xb, binary_kernel(kernel, scale), g, strides, padding)
+    return (_binarized_grad(x, d_xb, True, order, ste),
+            binary_kernel_grad(kernel, d_binary, scale))
+
+
+def horq_binary_dense(x, kernel, order=2, scale="channel", bias=None):
+    """BinaryDense(input_order=order): horq(x) @ (alpha * sign(W)), beta per row."""
+    return dense(_binarized(x, True, order), binary_kernel(kernel, scale), bias)
+
+
+def horq_binary_dense_grads(x, kernel, g, order=2, scale="channel", ste="ste_sign"):
+    """(dL/dx, dL/dW) of `horq_binary_dense` (2-D x)."""
+    xb = _binarized(x, True, order)
+    g = np.asarray(g, np.float64)
+    d_xb = g @ binary_kernel(kernel, scale).T
+    return (_binarized_grad(x, d_xb, True, order, ste),
+            binary_kernel_grad(kernel, xb.T @ g, scale))
+
+
+# ---------------------------------------------------------------------- Ternary (TWN)
+
+
+def ternarize(w, threshold=0.7, axis=None):
+    """TWN (Li & Liu 2016): (alpha, W_t) with Delta = threshold * mean |W|,
+    W_t = sign(W) 1{|W| > Delta}, alpha = mean of |W| where |W| > Delta (0 if none).
+
+    The means run over `axis` (None: the whole tensor); alpha keeps w's rank.
+    """
+    w = np.asarray(w, np.float64)
+    mag = np.abs(w)
+    delta = threshold * mag.mean(axis=axis, keepdims=True)
+    kept = mag > delta
+    count = kept.sum(axis=axis, keepdims=True)
+    alpha = np.where(kept, mag, 0.0).sum(axis=axis, keepdims=True) / np.maximum(count, 1)
+    return alpha, np.sign(w) * kept
+
+
+def ternary_kernel(kernel, threshold=0.7):
+    """alpha * W_t with Delta and alpha per output channel (every axis but the last)."""
+    kernel = np.asarray(kernel, np.float64)
+    alpha, w_t = ternarize(kernel, threshold, tuple(range(kernel.ndim - 1)))
+    return alpha * w_t
+
+
+def ternary_conv(x, kernel, strides=1, padding="same", threshold=0.7, bias=None):
+    """conv(x, alpha * W_t)."""
+    return conv2d(x, ternary_kernel(kernel, threshold), strides, padding, bias)
+
+
+def ternary_conv_grads(x, kernel, g, strides=1, padding="same", threshold=0.7):
+    """(dL/dx, dL/dW) of `ternary_conv`: the kernel gradient passes straight through."""
+    return conv2d_grads(x, ternary_kernel(kernel, threshold), g, strides, padding)
+
+
+def ternary_dense(x, kernel, threshold=0.7, bias=None):
+    """x @ (alpha * W_t)."""
+    return dense(x, ternary_kernel(kernel, threshold), bias)
+
+
+def ternary_dense_grads(x, kernel, g, threshold=0.7):
+    """(dL/dx, dL/dW) of `ternary_dense` (2-D x), straight through to W."""
+    x = np.asarray(x, np.float64)
+    g = np.asarray(g, np.float64)
+    return g @ ternary_kernel(kernel, threshold).T, x.T @ g

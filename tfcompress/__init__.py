@@ -2,7 +2,8 @@
 
 Public API:
     layers     compact layers (GhostConv, GhostBottleneck, Shift, ShiftConv,
-               AdderConv, AdderDense, BinaryConv, BinaryDense)
+               AdderConv, AdderDense, BinaryConv, BinaryDense (input_order=2: HORQ),
+               TernaryConv, TernaryDense)
     models     reference models (lenet_300_100, lenet5, small_cnn, ghostnet, resnet20)
     datasets   load("digits" | "mnist" | "fashion_mnist", data_dir=None), random_shift
     pruning    prune_low_magnitude, ConstantSparsity, PolynomialDecay, strip_pruning;

@@ -12,7 +12,10 @@ every layer of it maps onto TFLite builtins:
     GhostBottleneck -> the above + DEPTHWISE_CONV_2D, the squeeze-excite as
                        MEAN + CONV_2D + ADD/RELU6/MUL, and the residual ADD
     BinaryConv      -> Sign (GREATER_EQUAL + SELECT_V2) + CONV_2D on the +/-1
-                       inputs with per-channel weights +/-alpha (exact in int8)
+                       inputs with per-channel weights +/-alpha (exact in int8);
+                       with input_order=n > 1 (HORQ) n x [Sign, ChannelMeanAbs
+                       (LEAKY_RELU(-1) + MEAN), Multiply] with Subtract between
+                       and Add after, then the conv on their sum
 """
 
 import threading
@@ -27,6 +30,7 @@ from tfcompress.core.traits import layer_traits, register_layer_traits
 from tfcompress.layers import (
     BinaryConv,
     BinaryDense,
+    ChannelMeanAbs,
     GhostBottleneck,
     GhostConv,
     HashedDense,
@@ -146,13 +150,30 @@ def _lower_shift_conv(layer, x, prefix):
     return _apply(layer.pointwise, prefix, x)
 
 
+def _lower_horq(layer, x, prefix):
+    """HORQ's x_hat = sum_i beta_i * H_i as layers, in the order `horq` computes it."""
+    residual, total = x, None
+    for i in range(1, layer.input_order + 1):
+        signs = Sign(layer.ste, name=f"{prefix}_sign{i}")(residual)
+        beta = ChannelMeanAbs(name=f"{prefix}_beta{i}")(residual)
+        term = layers.Multiply(name=f"{prefix}_term{i}")([beta, signs])
+        total = term if total is None else layers.Add(name=f"{prefix}_sum{i}")([total, term])
+        if i < layer.input_order:
+            residual = layers.Subtract(name=f"{prefix}_residual{i}")([residual, term])
+    return total
+
+
 def _lower_binary(layer, x, prefix):
-    """BinaryConv/BinaryDense(binarize_input=True) -> Sign + the layer on +/-1 inputs."""
+    """BinaryConv/BinaryDense(binarize_input=True) -> Sign (or HORQ's terms) + the
+    layer on the binarized inputs."""
     if not layer.binarize_input:
         return None  # already what the lowered form uses
-    x = Sign(layer.ste, name=f"{prefix}_sign")(x)
+    if layer.input_order == 1:
+        x = Sign(layer.ste, name=f"{prefix}_sign")(x)
+    else:
+        x = _lower_horq(layer, x, prefix)
     config = layer.get_config()
-    config.update(binarize_input=False, name=prefix)
+    config.update(binarize_input=False, input_order=1, name=prefix)
     new = layer.__class__.from_config(config)
     out = new(x)
     new.set_weights(layer.get_weights())

@@ -82,7 +82,10 @@ from tfcompress.layers import (
     GhostConv,
     HashedDense,
     ShiftConv,
+    TernaryConv,
+    TernaryDense,
 )
+from tfcompress.layers.ternary import ternarize
 
 __all__ = [
     "ACCUMULATOR_KEYS",
@@ -586,6 +589,10 @@ def _binary_spec(layer):
     latent = _numpy(layer.kernel)
     signs = np.where(latent >= 0, 1, -1).astype(np.int64)  # sign(0) = +1, as the layer
     fan_in = math.prod(latent.shape[:-1])
+    if layer.binarize_input and getattr(layer, "input_order", 1) > 1:
+        # HORQ: the conv sees X_hat = sum_i beta_i H_i, an int8 tensor in the file.
+        return {"weight_bits": 1, "activation_bits": FLOAT_LAYER_BITS[1], "fan_in": fan_in,
+                "integer_kernel": signs, "zero_point": "any"}
     if layer.binarize_input:  # XNOR-popcount: +/-1 x +/-1
         return {"weight_bits": 1, "activation_bits": 1, "fan_in": fan_in,
                 "integer_kernel": signs}
@@ -671,6 +678,17 @@ for _cls in (layers.Conv1DTranspose, layers.Conv2DTranspose, layers.Conv3DTransp
     register_accumulator(_cls, _conv_transpose_spec)
 register_accumulator(layers.Dense, _dense_spec)
 register_accumulator(HashedDense, _hashed_dense_spec)
+def _ternary_spec(layer):
+    """TWN: 2-bit weights -1 / 0 / +1 (times alpha per channel), int8 inputs."""
+    latent = _numpy(layer.kernel)
+    _, ternary = ternarize(latent, layer.threshold, axis=tuple(range(latent.ndim - 1)))
+    return {"weight_bits": 2, "activation_bits": FLOAT_LAYER_BITS[1],
+            "fan_in": math.prod(latent.shape[:-1]),
+            "integer_kernel": np.asarray(ternary).astype(np.int64), "zero_point": "any"}
+
+
+register_accumulator(TernaryConv, _ternary_spec)
+register_accumulator(TernaryDense, _ternary_spec)
 register_accumulator(BinaryConv, _binary_spec)
 register_accumulator(BinaryDense, _binary_spec)
 register_accumulator(ShiftConv, _sublayers("pointwise"))

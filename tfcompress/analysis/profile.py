@@ -65,8 +65,6 @@ from tfcompress.core.traits import layer_traits, register_layer_traits
 from tfcompress.layers import (
     AdderConv,
     AdderDense,
-    BinaryConv,
-    BinaryDense,
     GhostBottleneck,
     GhostConv,
     HashedDense,
@@ -380,33 +378,6 @@ def _count_adder_dense(layer, input_shape, output_shape):
     return {"adds": 2 * _size(layer.kernel) * rows}
 
 
-def _binary_counts(layer, kernel_uses, outputs):
-    counts = {}
-    if layer.binarize_input:
-        counts["binary_ops"] = kernel_uses  # XNOR + popcount
-    else:
-        counts["adds"] = kernel_uses  # binary weights, real inputs: +-x accumulation
-    units = layer.kernel.shape[-1]
-    bits = _size(layer.kernel)  # 1 bit per binary weight
-    if layer.scale == "channel":
-        counts["macs"] = outputs  # alpha * popcount, once per output element
-        bits += 32 * units  # alpha, stored at inference
-    if layer.bias is not None:
-        bits += _size(layer.bias) * dtype_bits(layer.bias.dtype)
-    counts["param_bits"] = bits
-    return counts
-
-
-def _count_binary_conv(layer, input_shape, output_shape):
-    pixels = _static_prod(output_shape[1:3], layer, "output shape")
-    return _binary_counts(layer, _size(layer.kernel) * pixels, pixels * output_shape[-1])
-
-
-def _count_binary_dense(layer, input_shape, output_shape):
-    rows = _static_prod(output_shape[1:-1], layer, "output shape")
-    return _binary_counts(layer, _size(layer.kernel) * rows, rows * output_shape[-1])
-
-
 def _count_shift_conv(layer, input_shape, output_shape):
     # The shift is free; the 1x1 convolution on the (same-shaped) shifted input.
     return _sum_counts([count_layer(layer.shift, input_shape, input_shape),
@@ -458,8 +429,6 @@ for _cls in (
 register_counter(AdderConv, _count_adder_conv)
 register_counter(AdderDense, _count_adder_dense)
 register_counter(HashedDense, _count_hashed_dense)
-register_counter(BinaryConv, _count_binary_conv)
-register_counter(BinaryDense, _count_binary_dense)
 register_counter(ShiftConv, _count_shift_conv)
 register_counter(GhostConv, _count_ghost_conv)
 register_counter(GhostBottleneck, _count_ghost_bottleneck)

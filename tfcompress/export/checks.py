@@ -6,13 +6,13 @@ import numpy as np
 
 from tfcompress.core.graph import all_layers
 
-__all__ = ["MIN_ACTIVATION_SCALE", "check_integer_only"]
+__all__ = ["MIN_ACTIVATION_SCALE", "check_integer_only", "layer_of"]
 
 # Below this an activation's int8 scale means calibration saw (almost) one value.
 MIN_ACTIVATION_SCALE = 1e-6
 
 
-def _layer_of(tensor_names, layer_names):
+def layer_of(tensor_names, layer_names):
     """The first Keras layer name found in TFLite tensor names ('model_1/conv_1/...')."""
     known = set(layer_names)
     for tensor_name in tensor_names:
@@ -96,7 +96,7 @@ def check_integer_only(tflite_bytes, model=None):
             if set(other["inputs"]) & set(op["outputs"]) for o in other["outputs"]
         ]
         in_names = [tensors[i]["name"] for i in op["inputs"] if i >= 0]
-        layer = _layer_of([out_name] + in_names + consumers, names)
+        layer = layer_of([out_name] + in_names + consumers, names)
         origin = (f"it comes from layer {layer!r}" if layer else
                   "its layer cannot be told from the tensor names")
         raise ValueError(

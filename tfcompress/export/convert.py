@@ -26,7 +26,7 @@ from tfcompress.core.graph import (
     is_subclassed,
     subclassed_input_shape,
 )
-from tfcompress.export.checks import _layer_of, check_integer_only
+from tfcompress.export.checks import check_integer_only, layer_of
 from tfcompress.layers.adder import tflite_graph
 from tfcompress.quantization import ActivationQuantizer
 
@@ -198,7 +198,7 @@ def _int16x8_refusal(model, err, saved):
                  if not isinstance(layer, keras.Model)]
         for op in interpreter._get_ops_details():
             if op["op_name"] in op_names:
-                layer = _layer_of([tensors[i] for i in list(op["outputs"]) + [
+                layer = layer_of([tensors[i] for i in list(op["outputs"]) + [
                     i for i in op["inputs"] if i >= 0]], names)
                 if layer:
                     break
