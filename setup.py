@@ -32,7 +32,7 @@ setup(
         "tensorly",  # CP / Tucker decompositions (tfcompress.decomposition), NumPy backend
     ],
     extras_require={
-        "test": ["pytest", "hypothesis", "ruff"],
+        "test": ["pytest", "pytest-xdist", "hypothesis", "ruff"],
         # TensorFlow Lite Micro from Python (tfcompress.export.micro, tools/deploy.py).
         "micro": ["tflite-micro"],
         # Comparison runs only: tfmot/tf_keras run in a separate process with
