@@ -197,21 +197,7 @@ def strip_clustering(model):
     if isinstance(model, ClusterWeights):
         return model.stripped_layer()
     with traced_model(model, "strip_clustering", inline=_holds_wrappers) as graph_model:
-        stripped = strip_wrappers(graph_model, ClusterWeights)
-    left = [
-        layer.name for layer in all_layers(stripped, wrapped=False, sublayers=True)
-        if isinstance(layer, ClusterWeights)
-    ]
-    if left:
-        raise ValueError(
-            f"strip_clustering cannot reach ClusterWeights layer(s) {', '.join(left)} of "
-            f"model {model.name!r}: they are inside a custom layer or nested subclassed "
-            "model with weights of its own, which the rebuild copies as one layer. Call "
-            "the wrapped layers directly in the model's call(), or strip each wrapper "
-            "itself with strip_clustering(wrapper) (the plain layer with its final "
-            "weights)."
-        )
-    return stripped
+        return strip_wrappers(graph_model, ClusterWeights, "strip_clustering", model)
 
 
 @dataclasses.dataclass

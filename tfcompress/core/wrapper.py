@@ -231,10 +231,35 @@ def wrap_layers(graph, wrap):
     return rebuild(graph, layer_fn=layer_fn)
 
 
-def strip_wrappers(model, wrapper_class):
-    """Rebuilds a model with every `wrapper_class` replaced by its `stripped_layer()`."""
+def strip_wrappers(model, wrapper_class, what="strip_wrappers", source=None):
+    """Rebuilds a model with every `wrapper_class` replaced by its `stripped_layer()`.
+
+    Args:
+        model: a functional or Sequential model.
+        wrapper_class: the wrapper type to strip.
+        what: the public function's name, for the error.
+        source: the model the user passed (named in the error), default `model`.
+
+    Raises:
+        ValueError: naming the wrappers the rebuild could not reach (inside a
+            custom layer or nested subclassed model with weights of its own,
+            which the rebuild copies as one layer).
+    """
 
     def layer_fn(layer, name):
         return layer.stripped_layer() if isinstance(layer, wrapper_class) else None
 
-    return rebuild(model, layer_fn=layer_fn)
+    stripped = rebuild(model, layer_fn=layer_fn)
+    left = [
+        layer.name for layer in all_layers(stripped, wrapped=False, sublayers=True)
+        if isinstance(layer, wrapper_class)
+    ]
+    if left:
+        raise ValueError(
+            f"{what} cannot reach {wrapper_class.__name__} layer(s) {', '.join(left)} of "
+            f"model {(source or model).name!r}: they are inside a custom layer or nested "
+            "subclassed model with weights of its own, which the rebuild copies as one "
+            "layer. Call the wrapped layers directly in the model's call(), or strip each "
+            f"wrapper itself with {what}(wrapper) (the plain layer with its final weights)."
+        )
+    return stripped

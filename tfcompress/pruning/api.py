@@ -208,25 +208,7 @@ def strip_pruning(model):
     if isinstance(model, PruneLowMagnitude):
         return model.stripped_layer()
     with traced_model(model, "strip_pruning", inline=_holds_wrappers) as graph_model:
-        stripped = strip_wrappers(graph_model, PruneLowMagnitude)
-    _check_stripped(stripped, PruneLowMagnitude, "strip_pruning", model)
-    return stripped
-
-
-def _check_stripped(stripped, wrapper_class, what, model):
-    """Raises a ValueError naming the `wrapper_class` layers a rebuild could not reach."""
-    left = [
-        layer.name for layer in all_layers(stripped, wrapped=False, sublayers=True)
-        if isinstance(layer, wrapper_class)
-    ]
-    if left:
-        raise ValueError(
-            f"{what} cannot reach {wrapper_class.__name__} layer(s) {', '.join(left)} of "
-            f"model {model.name!r}: they are inside a custom layer or nested subclassed "
-            "model with weights of its own, which the rebuild copies as one layer. Call "
-            "the wrapped layers directly in the model's call(), or strip each wrapper "
-            f"itself with {what}(wrapper) (the plain layer with its final weights)."
-        )
+        return strip_wrappers(graph_model, PruneLowMagnitude, "strip_pruning", model)
 
 
 def _weight_rows(model):
