@@ -512,3 +512,17 @@ def ternary_dense_grads(x, kernel, g, threshold=0.7):
     x = np.asarray(x, np.float64)
     g = np.asarray(g, np.float64)
     return g @ ternary_kernel(kernel, threshold).T, x.T @ g
+
+
+def fake_quant(values, lo, hi, num_bits=8, narrow_range=False):
+    """TensorFlow's FakeQuantWithMinMaxVars (nudged range, round half up), in float32 as
+    the kernel computes."""
+    f = np.float32
+    qmin, qmax = f(1 if narrow_range else 0), f(2 ** num_bits - 1)
+    scale = (f(hi) - f(lo)) / (qmax - qmin)
+    zero = qmin - f(lo) / scale
+    nudged_zero = np.clip(np.floor(zero + f(0.5)), qmin, qmax)
+    nudged_lo = (qmin - nudged_zero) * scale
+    nudged_hi = (qmax - nudged_zero) * scale
+    clipped = np.clip(np.asarray(values, f), nudged_lo, nudged_hi)
+    return np.floor((clipped - nudged_lo) * (f(1) / scale) + f(0.5)) * scale + nudged_lo

@@ -1,6 +1,9 @@
 """Analysis of models: per-layer parameters, operations and bits (`profile`), accumulator
 widths (`accumulator_bits`, `layer_accumulator`) and energy estimates (`estimate_energy`).
-Pruning sensitivity is `tfcompress.sensitivity_analysis` (`tfcompress.pruning.sensitivity`)."""
+Pruning sensitivity is `tfcompress.sensitivity_analysis` (`tfcompress.pruning.sensitivity`);
+quantization sensitivity, `quantization_sensitivity`, lives in
+`tfcompress.quantization.sensitivity` (which imports this package) and is loaded on first
+use."""
 
 from tfcompress.analysis.accumulator import (
     accumulator_bits,
@@ -32,7 +35,17 @@ __all__ = [
     "get_counter",
     "layer_accumulator",
     "profile",
+    "quantization_sensitivity",
     "register_accumulator",
     "register_counter",
     "signed_width",
 ]
+
+
+def __getattr__(name):
+    # tfcompress.quantization imports this package (profile counters): loaded lazily.
+    if name == "quantization_sensitivity":
+        from tfcompress.quantization.sensitivity import quantization_sensitivity
+
+        return quantization_sensitivity
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -44,6 +44,11 @@ raise a ValueError.
 from tfcompress.quantization.annotate import QUANTIZE_CHOICES, quantize_annotate_layer
 from tfcompress.quantization.api import quantize_model
 from tfcompress.quantization.quantizers import ActivationQuantizer, fake_quant_weights
+from tfcompress.quantization.sensitivity import (
+    QuantizationSensitivity,
+    choose_float_layers,
+    quantization_sensitivity,
+)
 from tfcompress.quantization.wrappers import (
     QuantizeAdderWrapper,
     QuantizeBatchNorm,
@@ -53,10 +58,13 @@ from tfcompress.quantization.wrappers import (
 __all__ = [
     "QUANTIZE_CHOICES",
     "ActivationQuantizer",
+    "QuantizationSensitivity",
     "QuantizeAdderWrapper",
     "QuantizeBatchNorm",
     "QuantizeWrapper",
+    "choose_float_layers",
     "fake_quant_weights",
+    "quantization_sensitivity",
     "quantize_annotate_layer",
     "quantize_model",
 ]

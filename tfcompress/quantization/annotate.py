@@ -2,7 +2,7 @@
 
 import weakref
 
-__all__ = ["QUANTIZE_CHOICES", "annotation_of", "quantize_annotate_layer"]
+__all__ = ["QUANTIZE_CHOICES", "annotation_of", "clear_annotation", "quantize_annotate_layer"]
 
 _ANNOTATIONS = weakref.WeakKeyDictionary()
 QUANTIZE_CHOICES = ("per_channel", "per_tensor", "float")
@@ -35,3 +35,8 @@ def quantize_annotate_layer(layer, scheme="per_channel"):
 def annotation_of(layer):
     """The scheme `quantize_annotate_layer` gave `layer`, or None."""
     return _ANNOTATIONS.get(layer)
+
+
+def clear_annotation(layer):
+    """Removes the scheme `quantize_annotate_layer` gave `layer` (if any)."""
+    _ANNOTATIONS.pop(layer, None)
