@@ -41,21 +41,27 @@ def _weights_int8(kernel):
 
 def _twin_accuracy(model, x, y, layer):
     """The QAT model with only `layer` int8, ranges from one pass over all of x
-    (ema_decay=0: the range is that batch's min / max), in NumPy."""
+    (ema_decay=0: the range is that batch's min / max), in NumPy. A float layer's
+    output is quantized again where an int8 layer takes it or the model returns
+    it (as the mixed int8 file does)."""
     (w1, b1), (w2, b2) = model.get_layer("fc1").get_weights(), model.get_layer("fc2").get_weights()
     lo, hi = _range(x)
     xq = ref.fake_quant(x, lo, hi)  # the model input's quantizer
     if layer == "fc1":
         w1q, s_w = _weights_int8(w1)
         h_lo, h_hi = _range(np.maximum(xq @ w1q + b1, 0))  # training pass: bias as is
+        z_lo, z_hi = _range(ref.fake_quant(np.maximum(xq @ w1q + b1, 0), h_lo, h_hi) @ w2 + b2)
         step = (hi - lo) / 255 * s_w  # inference: bias on the int32 grid s_in * s_w
         h = np.maximum(xq @ w1q + np.round(b1 / step) * step, 0)
-        logits = ref.fake_quant(h, h_lo, h_hi) @ w2 + b2
+        logits = ref.fake_quant(ref.fake_quant(h, h_lo, h_hi) @ w2 + b2, z_lo, z_hi)
     else:
-        h = np.maximum(xq @ w1 + b1, 0)  # float: no quantizer after it, none before fc2
-        w2q, _ = _weights_int8(w2)
-        z_lo, z_hi = _range(h @ w2q + b2)
-        logits = ref.fake_quant(h @ w2q + b2, z_lo, z_hi)
+        h = np.maximum(xq @ w1 + b1, 0)  # float, then quantized again for the int8 fc2
+        h_lo, h_hi = _range(h)
+        hq = ref.fake_quant(h, h_lo, h_hi)
+        w2q, s_w = _weights_int8(w2)
+        z_lo, z_hi = _range(hq @ w2q + b2)
+        step = (h_hi - h_lo) / 255 * s_w
+        logits = ref.fake_quant(hq @ w2q + np.round(b2 / step) * step, z_lo, z_hi)
     return float(np.mean(logits.argmax(-1) == y))
 
 

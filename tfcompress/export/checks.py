@@ -6,7 +6,7 @@ import numpy as np
 
 from tfcompress.core.graph import all_layers
 
-__all__ = ["MIN_ACTIVATION_SCALE", "check_integer_only", "layer_of"]
+__all__ = ["MIN_ACTIVATION_SCALE", "check_integer_only", "layer_of", "op_layer"]
 
 # Below this an activation's int8 scale means calibration saw (almost) one value.
 MIN_ACTIVATION_SCALE = 1e-6
@@ -24,18 +24,40 @@ def layer_of(tensor_names, layer_names):
     return None
 
 
-def check_integer_only(tflite_bytes, model=None):
+def op_layer(op, tensor_names, produced, layer_names):
+    """The Keras layer an operator of a file comes from, or None.
+
+    Read from its output tensor's name, then from its constant operands' (a
+    model output's tensor is named after the signature, 'StatefulPartitionedCall:0',
+    but its weights still carry the layer name).
+
+    Args:
+        op: an entry of the interpreter's `_get_ops_details()`.
+        tensor_names: {tensor index: name}.
+        produced: indices of the tensors some operator writes.
+        layer_names: the candidate layer names.
+    """
+    names = [tensor_names[i] for i in op["outputs"]]
+    names += [tensor_names[i] for i in op["inputs"] if i >= 0 and i not in produced]
+    return layer_of(names, layer_names)
+
+
+def check_integer_only(tflite_bytes, model=None, float_layers=()):
     """Raises ValueError unless every operator of the file is an integer builtin.
 
     Allowed: builtin operators whose tensors are all integer (int8/int16/int32
     accumulators and biases, bool, int64 shapes); QUANTIZE only on a model input
-    and DEQUANTIZE only producing a model output (float I/O). Flex and custom
-    operators are rejected, and so are activations with a degenerate scale
-    (< 1e-6), which LiteRT refuses to allocate.
+    and DEQUANTIZE only producing a model output (float I/O), or around the
+    operators of `float_layers`. Flex and custom operators are rejected, and so
+    are activations with a degenerate scale (< 1e-6), which LiteRT refuses to
+    allocate.
 
     Args:
         tflite_bytes: the flatbuffer.
         model: the Keras model, used to name the layer an operator came from.
+        float_layers: names of layers kept float on purpose (a mixed-precision
+            file): their operators may compute in float, DEQUANTIZE may feed
+            them and QUANTIZE may take their outputs.
 
     Returns:
         The list of operator names, in execution order.
@@ -52,6 +74,15 @@ def check_integer_only(tflite_bytes, model=None):
     names = [layer.name for layer in all_layers(model)] if model is not None else []
     ops_seen, problems = [], []
     all_ops = interpreter._get_ops_details()
+    produced = {i for op in all_ops for i in op["outputs"]}
+    tensor_names = {i: t["name"] for i, t in tensors.items()}
+    float_ops = {
+        op["index"] for op in all_ops if float_layers and op["op_name"] not in (
+            "QUANTIZE", "DEQUANTIZE")
+        and op_layer(op, tensor_names, produced, float_layers) is not None
+    }
+    float_tensors = {i for op in all_ops if op["index"] in float_ops for i in op["outputs"]}
+    float_inputs = {i for op in all_ops if op["index"] in float_ops for i in op["inputs"]}
     for op in all_ops:
         name = op["op_name"]
         ops_seen.append(name)
@@ -59,11 +90,13 @@ def check_integer_only(tflite_bytes, model=None):
         problem = None
         if name.startswith("Flex") or name in ("CUSTOM", "DELEGATE") or "CUSTOM" in name:
             problem = "is not a TFLite builtin"
-        elif name == "QUANTIZE" and not set(op_inputs) <= inputs and any(
+        elif op["index"] in float_ops:
+            pass  # kept float on purpose
+        elif name == "QUANTIZE" and not set(op_inputs) <= inputs | float_tensors and any(
             tensors[i]["dtype"] == np.float32 for i in op_inputs
         ):
             problem = "quantizes a float tensor inside the graph"
-        elif name == "DEQUANTIZE" and not set(op["outputs"]) <= outputs:
+        elif name == "DEQUANTIZE" and not set(op["outputs"]) <= outputs | float_inputs:
             problem = "dequantizes inside the graph (a float island)"
         elif name not in ("QUANTIZE", "DEQUANTIZE"):
             floats = [

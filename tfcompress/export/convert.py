@@ -26,9 +26,10 @@ from tfcompress.core.graph import (
     is_subclassed,
     subclassed_input_shape,
 )
-from tfcompress.export.checks import check_integer_only, layer_of
+from tfcompress.export.checks import check_integer_only, layer_of, op_layer
 from tfcompress.layers.adder import tflite_graph
 from tfcompress.quantization import ActivationQuantizer
+from tfcompress.quantization.quantizers import exported_as_identity
 
 __all__ = ["MODES", "to_tflite"]
 
@@ -115,6 +116,12 @@ def to_tflite(model, representative_data=None, *, int8_io=True, mode="int8"):
             "mode='int8', or make it with quantize_model(..., activation_bits=16) for "
             "mode='int16x8'."
         )
+    if mode == "int16x8" and _float_layers(model):
+        raise ValueError(
+            f"Model {model.name!r} keeps layers float ({', '.join(map(repr, _float_layers(model)))}): "
+            "mixed int8 / float files are written in mode='int8' (a model made with "
+            "activation_bits=8); 16x8 quantizes every operator."
+        )
     calibrate = mode == "int8" or (mode == "int16x8" and not bits)
     if calibrate:
         examples = representative_inputs(model, representative_data)
@@ -128,7 +135,11 @@ def to_tflite(model, representative_data=None, *, int8_io=True, mode="int8"):
             signature["input_signature"] = [
                 tf.TensorSpec((None,) + tuple(shape[1:]), tf.float32, name=name)
             ]
-        with tflite_graph():  # AdderConv's |x - w| as LEAKY_RELU, which XNNPACK runs in int8
+        kept_float = _float_layers(model) if mode == "int8" else []
+        boundaries = _float_boundaries(model) if kept_float else {}
+        # AdderConv's |x - w| as LEAKY_RELU, which XNNPACK runs in int8; the
+        # quantizers after float layers are written into the calibrated file.
+        with tflite_graph(), exported_as_identity(boundaries):
             model.export(saved, format="tf_saved_model", verbose=False, **signature)
         converter = tf.lite.TFLiteConverter.from_saved_model(saved)
         if mode != "float32":
@@ -157,7 +168,10 @@ def to_tflite(model, representative_data=None, *, int8_io=True, mode="int8"):
             converter.inference_input_type = io_type
             converter.inference_output_type = io_type
         try:
-            tflite = converter.convert()
+            if kept_float:
+                tflite = _mixed_int8(converter, kept_float, boundaries, int8_io)
+            else:
+                tflite = converter.convert()
         except Exception as err:
             if mode != "int16x8":
                 raise
@@ -165,8 +179,88 @@ def to_tflite(model, representative_data=None, *, int8_io=True, mode="int8"):
     if mode == "int16x8":
         tflite = int64_biases(tflite)
     if mode in _INTEGER_MODES:
-        check_integer_only(tflite, model)
+        check_integer_only(tflite, model, float_layers=kept_float)
     return tflite
+
+
+def _float_layers(model):
+    """The layers a QAT model keeps float (`quantize_annotate_layer(layer, "float")`)."""
+    if not _is_qat(model) or not is_graph_model(model):
+        return []
+    from tfcompress.quantization.api import float_layers
+
+    return float_layers(model)
+
+
+def _float_boundaries(model):
+    from tfcompress.quantization.api import float_boundaries
+
+    return float_boundaries(model)
+
+
+def _mixed_int8(converter, kept_float, boundaries, int8_io):
+    """An int8 file in which the operators of the `kept_float` layers stay float.
+
+    TFLite's quantizer turns a float operator between two FakeQuant ops into an
+    int8 one whatever it is told, so the quantizers after the float layers were
+    exported as identities (`boundaries`). The converter calibrates (every other
+    range is a FakeQuant op, kept as trained); each float layer's output range is
+    then set to its quantizer's trained range in the calibrated file, and the MLIR
+    quantizer runs with the float layers' operators denylisted by name (the
+    file's tensor names carry the layer names): they get a DEQUANTIZE before
+    and a QUANTIZE, at the QAT model's range, after them.
+    """
+    import tensorflow as tf
+    from ai_edge_litert.interpreter import Interpreter
+    from tensorflow.lite.python import convert as tf_convert
+
+    converter._experimental_calibrate_only = True
+    calibrated = converter.convert()
+    interpreter = Interpreter(model_content=calibrated)
+    tensors = {t["index"]: t["name"] for t in interpreter.get_tensor_details()}
+    all_ops = interpreter._get_ops_details()
+    nodes, ranges = set(), {}
+    # The quantizer after each float layer, by the layers of its chain (nearest first).
+    by_layer = {}
+    for quantizer, chain in boundaries.items():
+        lo, hi = (float(np.asarray(b)) for b in quantizer._bounds())
+        for name in chain:
+            by_layer.setdefault(name, (lo, hi))
+    produced = {i for op in all_ops for i in op["outputs"]}
+    for op in all_ops:
+        layer = op_layer(op, tensors, produced, kept_float)
+        if layer is None:
+            continue
+        for i in op["outputs"]:
+            name = tensors[i]
+            nodes.add(name)
+            nodes.update(name.split(";"))
+            leaves = [o for o in all_ops if i in o["inputs"]]
+            if layer in by_layer and (not leaves or any(
+                    op_layer(o, tensors, produced, kept_float) is None for o in leaves)):
+                ranges[name] = by_layer[layer]
+    calibrated = _set_ranges(calibrated, ranges)
+    io_type = tf.int8 if int8_io else tf.float32
+    return tf_convert.mlir_quantize(
+        calibrated, disable_per_channel=False, fully_quantize=False,
+        input_data_type=io_type, output_data_type=io_type, denylisted_nodes=sorted(nodes),
+        disable_per_channel_for_dense_layers=True,
+    )
+
+
+def _set_ranges(tflite_bytes, ranges):
+    """The calibrated file with the (min, max) statistics of the named tensors replaced."""
+    from tensorflow.lite.tools import flatbuffer_utils
+
+    model = flatbuffer_utils.convert_bytearray_to_object(bytearray(tflite_bytes))
+    for subgraph in model.subgraphs:
+        for tensor in subgraph.tensors:
+            name = tensor.name.decode() if isinstance(tensor.name, bytes) else tensor.name
+            if name in ranges and tensor.quantization is not None:
+                lo, hi = ranges[name]
+                tensor.quantization.min = [lo]
+                tensor.quantization.max = [hi]
+    return bytes(flatbuffer_utils.convert_object_to_bytearray(model))
 
 
 def _activation_bits(model):

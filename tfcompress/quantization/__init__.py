@@ -42,7 +42,7 @@ raise a ValueError.
 """
 
 from tfcompress.quantization.annotate import QUANTIZE_CHOICES, quantize_annotate_layer
-from tfcompress.quantization.api import quantize_model
+from tfcompress.quantization.api import float_layers, quantize_model
 from tfcompress.quantization.quantizers import ActivationQuantizer, fake_quant_weights
 from tfcompress.quantization.sensitivity import (
     QuantizationSensitivity,
@@ -64,6 +64,7 @@ __all__ = [
     "QuantizeWrapper",
     "choose_float_layers",
     "fake_quant_weights",
+    "float_layers",
     "quantization_sensitivity",
     "quantize_annotate_layer",
     "quantize_model",

@@ -14,7 +14,11 @@ from tfcompress.core.graph import ModelGraph, check_model, is_subclassed
 from tfcompress.core.rewrite import fresh_copy, rebuild
 from tfcompress.layers import Sign
 from tfcompress.lowering import lower_model
-from tfcompress.quantization.annotate import annotation_of
+from tfcompress.quantization.annotate import (
+    annotation_of,
+    clear_annotation,
+    quantize_annotate_layer,
+)
 from tfcompress.quantization.plan import activation_of, plan_fusions
 from tfcompress.quantization.quantizers import (
     ACTIVATION_BITS,
@@ -24,6 +28,7 @@ from tfcompress.quantization.quantizers import (
     SIGN_RANGE,
     WEIGHT_BITS,
     ActivationQuantizer,
+    activation_name,
     check_bits,
 )
 from tfcompress.quantization.roles import (
@@ -37,7 +42,10 @@ from tfcompress.quantization.wrappers import (
     QuantizeWrapper,
 )
 
-__all__ = ["quantize_model"]
+__all__ = ["PRECISIONS", "float_boundaries", "float_layers", "quantize_model"]
+
+
+PRECISIONS = (8, "auto")
 
 
 def _copy_weights(source, target):
@@ -46,7 +54,8 @@ def _copy_weights(source, target):
 
 def quantize_model(
     model, per_channel=True, fold_batchnorm=True, ema_decay=0.999, init_range=(-6.0, 6.0),
-    *, activation_bits=8, weight_bits=8, range_learning="ema",
+    *, activation_bits=8, weight_bits=8, range_learning="ema", precision=8,
+    max_accuracy_drop=0.01, data=None, verbose=1,
 ):
     """Returns a trainable quantization-aware copy of a functional or Sequential model.
 
@@ -95,6 +104,21 @@ def quantize_model(
             2018); see `ActivationQuantizer`. Learned ranges start at the first
             training batch (not `init_range`); the model input's range and the
             steps of AdderConv / an unfolded BatchNormalization stay "ema".
+        precision: 8 (every layer int8, unless `quantize_annotate_layer` says
+            otherwise) or "auto": mixed precision from
+            `tfcompress.analysis.quantization_sensitivity(model, data)`: each
+            weighted layer's accuracy drop when it alone is int8 is measured (no
+            training), and the most sensitive layers are kept float until the
+            drops of the int8 layers add up to at most `max_accuracy_drop`
+            (`choose_float_layers`). `to_tflite(qat, mode="int8")` then writes a
+            file that mixes int8 and float operators; `float_layers(qat)` lists
+            the float ones.
+        max_accuracy_drop: the budget of precision="auto", in [0, 1) (0.01 =
+            one point of top-1 accuracy on `data`).
+        data: (x, y) for precision="auto": inputs and integer labels the
+            sensitivity is measured on (a validation split).
+        verbose: 1 for precision="auto"'s progress bar and the layers it keeps
+            float, 0 for silence.
 
     Returns:
         A new functional `keras.Model` (uncompiled) with the model's input and
@@ -102,14 +126,20 @@ def quantize_model(
 
     Raises:
         ValueError: for a subclassed model (QAT rebuilds the graph: the message
-            says what to do instead), an unbuilt model, or a layer that cannot be
-            quantized (named, with the supported list).
+            says what to do instead), an unbuilt model, a layer that cannot be
+            quantized (named, with the supported list), an unknown precision,
+            precision="auto" without data or with activation_bits=16, or a budget
+            outside [0, 1).
 
     Example:
         >>> qat = quantize_model(model)
         >>> qat.compile("adam", "sparse_categorical_crossentropy")
         >>> qat.fit(x, y, epochs=1)
         >>> tflite = tfcompress.export.to_tflite(qat, mode="int8")
+        >>> mixed = quantize_model(model, precision="auto", max_accuracy_drop=0.005,
+        ...                        data=(x_val, y_val))
+        >>> float_layers(mixed)          # the layers the int8 file keeps float
+        ['conv1']
     """
     if is_subclassed(model):
         raise ValueError(
@@ -128,6 +158,18 @@ def quantize_model(
         raise ValueError(
             f"`range_learning` must be one of {', '.join(map(repr, RANGE_LEARNING))}. "
             f"Received: range_learning={range_learning!r}"
+        )
+    if isinstance(precision, bool) or precision not in PRECISIONS:
+        raise ValueError(
+            f"`precision` must be one of {', '.join(map(repr, PRECISIONS))}. "
+            f"Received: precision={precision!r}"
+        )
+    if precision == "auto":
+        return _mixed_precision(
+            model, max_accuracy_drop, data, verbose, per_channel=per_channel,
+            fold_batchnorm=fold_batchnorm, ema_decay=ema_decay, init_range=init_range,
+            activation_bits=activation_bits, weight_bits=weight_bits,
+            range_learning=range_learning,
         )
     graph = ModelGraph(model)
     # Annotations are looked up by name: lowering copies the layers.
@@ -164,6 +206,23 @@ def quantize_model(
                 _copy_weights(source, target)
         return out
 
+    def output_quantizer(name, original, out, node, fixed=None):
+        """`out` through the ActivationQuantizer "quant_<name>" (softmax / sigmoid:
+        their fixed range, not quantized in training)."""
+        act = activation_of(original) or activation_name(getattr(original, "activation", None))
+        if fixed is None and act in FIXED_RANGE_ACTIVATIONS:
+            fixed = FIXED_RANGE
+        return once(
+            f"quant_{name}",
+            lambda: ActivationQuantizer(
+                ema_decay, fixed_range=fixed, name=f"quant_{name}",
+                quantize_in_training=act not in FIXED_RANGE_ACTIVATIONS,
+                init_range=init_range, num_bits=activation_bits,
+                range_learning=range_learning,
+            ),
+            (out,), {} if node.training is None else {"training": node.training},
+        )
+
     def node_fn(node, args, kwargs, state):
         original = node.layer
         name = original.name
@@ -175,6 +234,13 @@ def quantize_model(
             # The training flag a nested model's call passed on (Keras applies it when the
             # model is called without one) reaches the QAT layers too.
             kwargs = dict(kwargs, training=node.training)
+        if name in plan.floated:  # kept float; quantized again where int8 layers take it
+            out = state.call(node, args, kwargs)
+            if name not in plan.float_outputs:
+                return out
+            if name in plan.concat_shared:
+                return share(name, out)
+            return output_quantizer(name, original, out, node)
         if name in plan.fused:
             bn, act, quantize_output = plan.fused[name]
             out = once(
@@ -227,8 +293,6 @@ def quantize_model(
         if scheme == "float" or is_scale_preserving(original) or name in plan.concat_fed:
             return out
         if role == "output":
-            act = activation_of(original)
-            fixed = FIXED_RANGE if act in FIXED_RANGE_ACTIVATIONS else None
             if isinstance(original, Sign):
                 if activation_bits != 8:
                     raise ValueError(
@@ -236,21 +300,13 @@ def quantize_model(
                         "SELECT_V2), which TFLite's 16x8 mode does not run: use "
                         "activation_bits=8 for this model."
                     )
-                fixed = SIGN_RANGE
+                return output_quantizer(name, original, out, node, fixed=SIGN_RANGE)
             if isinstance(original, layers.Concatenate):
                 return concat_quantizer(name)(out)
-            if name in plan.concat_shared and fixed is None:
+            if name in plan.concat_shared and activation_of(original) not in (
+                    FIXED_RANGE_ACTIVATIONS):
                 return share(name, out)
-            return once(
-                f"quant_{name}",
-                lambda: ActivationQuantizer(
-                    ema_decay, fixed_range=fixed, name=f"quant_{name}",
-                    quantize_in_training=act not in FIXED_RANGE_ACTIVATIONS,
-                    init_range=init_range, num_bits=activation_bits,
-                    range_learning=range_learning,
-                ),
-                (out,), {} if node.training is None else {"training": node.training},
-            )
+            return output_quantizer(name, original, out, node)
         raise ValueError(
             f"Cannot quantize layer {name!r} of type {type(original).__name__}. "
             f"Supported: {', '.join(supported_layer_names())}. Keep it float with "
@@ -268,3 +324,97 @@ def quantize_model(
         lowered, node_fn=node_fn, input_fn=input_fn, name=f"{lowered.model.name}_qat",
         keep_sequential=False,
     )
+
+
+def _mixed_precision(model, max_accuracy_drop, data, verbose, **quantize_kwargs):
+    """quantize_model(precision="auto"): the most sensitive layers kept float."""
+    from tfcompress.quantization.sensitivity import (
+        check_accuracy_budget,
+        choose_float_layers,
+        quantization_sensitivity,
+    )
+
+    check_accuracy_budget(max_accuracy_drop)
+    if data is None:
+        raise ValueError(
+            "precision='auto' measures each layer's sensitivity on labelled data: pass "
+            "data=(x, y), e.g. a validation split (integer labels)."
+        )
+    if quantize_kwargs["activation_bits"] != 8:
+        raise ValueError(
+            "precision='auto' keeps sensitive layers float in an int8 file; with "
+            f"activation_bits={quantize_kwargs['activation_bits']} every operator is "
+            "already 16x8. Use activation_bits=8 with precision='auto'."
+        )
+    result = quantization_sensitivity(model, data, verbose=verbose, **quantize_kwargs)
+    keep = choose_float_layers(result, max_accuracy_drop)
+    graph = ModelGraph(model)
+    chosen = [graph.layer_named(name) for name in keep]
+    before = [annotation_of(layer) for layer in chosen]
+    try:
+        for layer in chosen:
+            quantize_annotate_layer(layer, "float")
+        qat = quantize_model(model, **quantize_kwargs)
+    finally:
+        for layer, scheme in zip(chosen, before):
+            if scheme is None:
+                clear_annotation(layer)
+            else:
+                quantize_annotate_layer(layer, scheme)
+    if verbose:
+        drops = result.drops
+        kept = ", ".join(f"{n} ({100 * drops[n]:+.2f} pt)" for n in keep) or "none"
+        print(f"precision='auto' (budget {100 * max_accuracy_drop:.2f} pt): float: {kept}")
+    return qat
+
+
+def float_boundaries(qat_model):
+    """The quantizers right after the float layers of a QAT model.
+
+    Returns:
+        {quantizer: [names of the float layers whose values it quantizes: the
+        layer feeding it first, then the layers before that one]}, graph order.
+    """
+    kept = set(float_layers(qat_model))
+    graph = ModelGraph(qat_model)
+    found = {}
+    for node in graph.nodes:
+        if not isinstance(node.layer, ActivationQuantizer) or len(node.inputs) != 1:
+            continue
+        chain, producer = [], node.inputs[0].producer
+        while producer is not None and graph.name_of(producer.layer) in kept:
+            chain.append(graph.name_of(producer.layer))
+            inputs = producer.inputs
+            producer = inputs[0].producer if len(inputs) == 1 else None
+        if chain:
+            found[node.layer] = chain
+    return found
+
+
+def float_layers(qat_model):
+    """Names of the layers a QAT model computes in float (kept float by annotation).
+
+    A weighted layer or BatchNormalization that `quantize_model` left unwrapped,
+    and every layer computing only on their outputs before the next quantizer
+    (the ReLU after a float conv). `to_tflite` keeps these float in the int8
+    file, with a DEQUANTIZE before and a QUANTIZE after them.
+
+    Args:
+        qat_model: a model made by `quantize_model` (a float model: all its
+            weighted layers are listed).
+
+    Returns:
+        The flat layer names, graph order (empty when everything is quantized).
+    """
+    quantizing = (ActivationQuantizer, QuantizeWrapper, QuantizeBatchNorm, QuantizeAdderWrapper)
+    graph = ModelGraph(qat_model)
+    found = []
+    for node in graph.nodes:
+        layer = node.layer
+        if isinstance(layer, quantizing) or graph.name_of(layer) in found:
+            continue
+        producers = [t.producer for t in node.inputs]
+        if quantization_role(layer) in ("weights", "batchnorm") or (producers and all(
+                p is not None and graph.name_of(p.layer) in found for p in producers)):
+            found.append(graph.name_of(layer))
+    return found

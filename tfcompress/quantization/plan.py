@@ -56,6 +56,12 @@ class FusionPlan:
             from Keras.
         batchnorm_activations: a BatchNormalization left standing (nothing to
             fold into) -> the ReLU / ReLU6 it fuses (TFLite's MUL does).
+        floated: names of the layers kept float: a weighted layer or
+            BatchNormalization annotated "float", with the BatchNormalization and
+            activation that would have fused into it (they run in its float op).
+        float_outputs: the floated layers whose output is quantized again (it
+            feeds a quantized layer or is a model output): the last layer of each
+            float chain, unless a Concatenate quantizes it.
     """
 
     fused: dict
@@ -63,6 +69,8 @@ class FusionPlan:
     concat_fed: set
     concat_shared: dict
     batchnorm_activations: dict
+    floated: set = dataclasses.field(default_factory=set)
+    float_outputs: set = dataclasses.field(default_factory=set)
 
 
 def plan_fusions(graph, fold_batchnorm, schemes):
@@ -104,21 +112,8 @@ def plan_fusions(graph, fold_batchnorm, schemes):
             nxt = sole_consumer(nxt)
         return nxt if isinstance(nxt, layers.Concatenate) else None
 
-    fused, absorbed, concat_fed, concat_shared = {}, set(), set(), {}
-    for layer in graph.layers:
-        if concat_behind(layer) is not None:
-            concat_fed.add(layer.name)
-            continue
-        users = consumers(layer) or []
-        concats = [c for c in users if isinstance(c, layers.Concatenate)]
-        if len(concats) == 1:
-            concat_shared[layer.name] = concats[0].name
-    for layer in graph.layers:
-        if quantization_role(layer) != "weights" or schemes.get(layer.name) == "float":
-            continue
-        node = single_node(layer)
-        if node is not None and node.input is None:
-            continue
+    def chain(layer, node):
+        """The BatchNormalization and activation after a weighted layer that fuse into it."""
         bn, act, tail = None, "linear", layer
         if node is not None and activation_name(getattr(layer, "activation", None)) == "linear":
             nxt = sole_consumer(tail)
@@ -129,6 +124,44 @@ def plan_fusions(graph, fold_batchnorm, schemes):
                 nxt = sole_consumer(tail)
             if nxt is not None and activation_of(nxt) is not None:
                 act, tail = activation_of(nxt), nxt
+        return bn, act, tail
+
+    fused, absorbed, concat_fed, concat_shared = {}, set(), set(), {}
+    floated, float_outputs, float_tails = set(), set(), {}
+    for layer in graph.layers:
+        if concat_behind(layer) is not None:
+            concat_fed.add(layer.name)
+            continue
+        users = consumers(layer) or []
+        concats = [c for c in users if isinstance(c, layers.Concatenate)]
+        if len(concats) == 1:
+            concat_shared[layer.name] = concats[0].name
+    for layer in graph.layers:
+        role = quantization_role(layer)
+        if role in ("weights", "batchnorm") and schemes.get(layer.name) == "float":
+            node = single_node(layer)
+            if node is None or node.input is None:
+                continue  # shared or several inputs: its own calls stay as annotated
+            if role == "weights":
+                bn, _, tail = chain(layer, node)
+            else:
+                nxt = sole_consumer(layer)
+                bn, tail = None, nxt if nxt is not None and activation_of(nxt) else layer
+            floated.update(m.name for m in (layer, bn, tail) if m is not None)
+            if tail.name not in concat_fed:
+                float_tails[tail.name] = tail
+    for name, tail in float_tails.items():
+        users = consumers(tail)  # float into float only: no requantization between them
+        if users is None or any(u.name not in floated for u in users):
+            float_outputs.add(name)
+    for layer in graph.layers:
+        if quantization_role(layer) != "weights" or layer.name in floated or (
+                schemes.get(layer.name) == "float"):
+            continue
+        node = single_node(layer)
+        if node is not None and node.input is None:
+            continue
+        bn, act, tail = chain(layer, node)
         if tail.name in concat_shared:
             concat = concat_shared.pop(tail.name)
             if act not in FIXED_RANGE_ACTIVATIONS:  # softmax / sigmoid keep their fixed range
@@ -139,11 +172,12 @@ def plan_fusions(graph, fold_batchnorm, schemes):
     batchnorm_activations = {}
     for layer in graph.layers:
         if (not isinstance(layer, layers.BatchNormalization) or layer.name in absorbed
-                or schemes.get(layer.name) == "float"):
+                or layer.name in floated or schemes.get(layer.name) == "float"):
             continue
         nxt = sole_consumer(layer)
         act = None if nxt is None else activation_of(nxt)
-        if act not in ("relu", "relu6") or schemes.get(nxt.name) == "float":
+        if act not in ("relu", "relu6") or nxt.name in floated or (
+                schemes.get(nxt.name) == "float"):
             continue
         batchnorm_activations[layer.name] = act
         absorbed.add(nxt.name)
@@ -151,4 +185,5 @@ def plan_fusions(graph, fold_batchnorm, schemes):
             concat_fed.add(layer.name)
         if nxt.name in concat_shared:
             concat_shared[layer.name] = concat_shared.pop(nxt.name)
-    return FusionPlan(fused, absorbed, concat_fed, concat_shared, batchnorm_activations)
+    return FusionPlan(fused, absorbed, concat_fed, concat_shared, batchnorm_activations,
+                      floated, float_outputs)

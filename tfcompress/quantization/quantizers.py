@@ -9,6 +9,7 @@
   (`fake_quant_constant`).
 """
 
+import contextlib
 import math
 
 import keras
@@ -28,6 +29,7 @@ __all__ = [
     "activation_name",
     "check_bits",
     "check_range",
+    "exported_as_identity",
     "fake_quant_constant",
     "fake_quant_weights",
     "weight_bound",
@@ -143,6 +145,25 @@ def fake_quant_constant(values):
     lo = ops.stop_gradient(ops.minimum(ops.min(values), 0.0))
     hi = ops.stop_gradient(ops.maximum(ops.max(values), lo + 1e-6))
     return keras.quantizers.fake_quant_with_min_max_vars(values, lo, hi, num_bits=8)
+
+
+_EXPORTED_AS_IDENTITY = set()  # ids of quantizers `exported_as_identity` holds
+
+
+@contextlib.contextmanager
+def exported_as_identity(quantizers):
+    """Within the block the given ActivationQuantizers pass their inputs through.
+
+    For a mixed-precision export: the quantizer after a float layer is left out
+    of the traced graph (TFLite's quantizer would otherwise quantize the float
+    layer too) and its range is written into the calibrated file instead.
+    """
+    ids = {id(q) for q in quantizers} - _EXPORTED_AS_IDENTITY
+    _EXPORTED_AS_IDENTITY.update(ids)
+    try:
+        yield
+    finally:
+        _EXPORTED_AS_IDENTITY.difference_update(ids)
 
 
 @keras.saving.register_keras_serializable(package="tfcompress")
@@ -303,7 +324,7 @@ class ActivationQuantizer(layers.Layer):
         `update_range=False` only applies the current range: a second call of
         the same quantizer on another tensor that must share its int8 scale
         (a tensor that feeds a Concatenate and other layers)."""
-        if training and not self.quantize_in_training:
+        if training and not self.quantize_in_training or id(self) in _EXPORTED_AS_IDENTITY:
             return inputs
         if self.learns:
             if training and update_range:

@@ -6,7 +6,7 @@ float with `quantize_annotate_layer(layer, "float")`), sets its ranges from the
 data (a few training-mode passes; the BatchNorm statistics those passes move
 are put back), and measures top-1 accuracy in inference mode. No training.
 `choose_float_layers` turns the drops into the set of layers to keep float
-for an accuracy budget (the planned `quantize_model(..., precision="auto")`).
+for an accuracy budget (`quantize_model(..., precision="auto")`).
 """
 
 import dataclasses
@@ -22,7 +22,12 @@ from tfcompress.quantization.annotate import (
 )
 from tfcompress.quantization.roles import quantization_role
 
-__all__ = ["QuantizationSensitivity", "choose_float_layers", "quantization_sensitivity"]
+__all__ = [
+    "QuantizationSensitivity",
+    "check_accuracy_budget",
+    "choose_float_layers",
+    "quantization_sensitivity",
+]
 
 # Variables of an ActivationQuantizer: kept after calibration (everything else is restored).
 _RANGE_VARIABLES = ("range_min", "range_max", "initialized", "signed", "step", "alpha")
@@ -106,7 +111,8 @@ def quantization_sensitivity(model, data, *, batch_size=128, calibration_batches
     names = weighted_layer_names(model)
     if not names:
         raise ValueError(f"Model {model.name!r} has no weighted layer to quantize.")
-    layers = {name: model.get_layer(name) for name in names}
+    graph = ModelGraph(model)
+    layers = {name: graph.layer_named(name) for name in names}
     before = {name: annotation_of(layer) for name, layer in layers.items()}
     result = QuantizationSensitivity(_accuracy(model, x, y, batch_size), {})
     progress = keras.utils.Progbar(len(names), verbose=verbose, unit_name="layer")
@@ -130,6 +136,16 @@ def quantization_sensitivity(model, data, *, batch_size=128, calibration_batches
     return result
 
 
+def check_accuracy_budget(max_accuracy_drop):
+    """Raises a ValueError unless `max_accuracy_drop` is a number in [0, 1)."""
+    if isinstance(max_accuracy_drop, bool) or not isinstance(max_accuracy_drop, (int, float)) \
+            or not 0.0 <= max_accuracy_drop < 1.0:
+        raise ValueError(
+            f"`max_accuracy_drop` must be in [0, 1) (0.01 = one point). "
+            f"Received: max_accuracy_drop={max_accuracy_drop!r}"
+        )
+
+
 def choose_float_layers(sensitivity, max_accuracy_drop):
     """The fewest most-sensitive layers to keep float so the summed drops fit the budget.
 
@@ -148,12 +164,7 @@ def choose_float_layers(sensitivity, max_accuracy_drop):
     Raises:
         ValueError: for a budget outside [0, 1).
     """
-    if isinstance(max_accuracy_drop, bool) or not isinstance(max_accuracy_drop, (int, float)) \
-            or not 0.0 <= max_accuracy_drop < 1.0:
-        raise ValueError(
-            f"`max_accuracy_drop` must be in [0, 1) (0.01 = one point). "
-            f"Received: max_accuracy_drop={max_accuracy_drop!r}"
-        )
+    check_accuracy_budget(max_accuracy_drop)
     drops = sensitivity.drops
     kept_float = []
     remaining = dict(drops)
