@@ -341,11 +341,104 @@ def test_ptq_int8_is_one_op_with_a_ternary_kernel(make, shape, op):
     assert report["within_1_step"] == 1.0 and report["max_diff_steps"] <= 1.0 + 1e-3, report
 
 
-def test_quantize_model_names_the_ternary_layer():
-    """QAT does not support the ternary layers yet: quantize_model says which and why."""
+def _ternary_qat_cnn():
+    from keras import layers as L
+
+    inputs = keras.Input((8, 8, 1))
+    h = TernaryConv(8, 3, padding="same", use_bias=False, name="t1")(inputs)
+    h = L.ReLU(name="r1")(L.BatchNormalization(name="bn1")(h))
+    h = L.Flatten()(L.MaxPooling2D()(h))
+    h = L.ReLU(name="r2")(TernaryDense(32, name="t2")(h))
+    return keras.Model(inputs, L.Dense(10, name="head")(h))
+
+
+@pytest.fixture(scope="module")
+def ternary_qat():
+    from tfcompress import datasets
     from tfcompress.quantization import quantize_model
 
-    inputs = keras.Input((6, 6, 3))
-    model = keras.Model(inputs, TernaryConv(4, 3, name="tern")(inputs))
-    with pytest.raises(ValueError, match="'tern' of type TernaryConv"):
-        quantize_model(model)
+    (x, y), (x_test, _) = datasets.load("digits")
+    keras.utils.set_random_seed(0)
+    model = _ternary_qat_cnn()
+    loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+    model.compile("adam", loss)
+    model.fit(x, y, epochs=2, verbose=0)
+    qat = quantize_model(model)
+    qat.compile("adam", loss)
+    qat.fit(x, y, epochs=1, verbose=0)
+    return qat, x_test
+
+
+def test_qat_wraps_ternary_layers_with_their_ternary_kernel(ternary_qat):
+    """quantize_model folds bn1 into t1 and fake-quantizes alpha * W_t per channel:
+    on the int8 grid exactly (NumPy twin of TWN, the fold and the grid)."""
+    qat, _ = ternary_qat
+    wrapper = qat.get_layer("quant_t1")
+    assert isinstance(wrapper.layer, TernaryConv) and wrapper.batchnorm is not None
+    bn = wrapper.batchnorm
+    twin = ref.ternary_kernel(as_numpy(wrapper.layer.kernel), wrapper.layer.threshold)
+    gamma, var = as_numpy(bn.gamma), as_numpy(bn.moving_variance)
+    twin_folded = twin * gamma / np.sqrt(var + bn.epsilon)
+    folded, _ = wrapper.folded_weights()
+    assert_close(as_numpy(folded), twin_folded, atol=1e-5)
+    quantized = as_numpy(wrapper._quantized_kernel(folded))
+    assert_close(quantized, twin_folded, atol=1e-6)  # +/- alpha' is +/-127 steps, 0 is 0
+    # TernaryDense: FULLY_CONNECTED has one weight scale, so the per-channel
+    # alphas land on a per-tensor int8 grid (rounded there, not exact).
+    dense = qat.get_layer("quant_t2")
+    twin = ref.ternary_kernel(as_numpy(dense.layer.kernel), dense.layer.threshold)
+    bound = np.abs(twin).max()
+    assert_close(as_numpy(dense._quantized_kernel(dense.folded_weights()[0])),
+                 ref.fake_quant(twin, -bound, bound, narrow_range=True), atol=1e-6)
+
+
+def test_qat_gradient_reaches_the_latent_kernel_straight_through(rng):
+    """d loss / d W (latent) equals d loss / d K of a float Dense computing with the
+    ternary kernel K = alpha * W_t: TWN's and the int8 grid's straight-through."""
+    from keras import layers as L
+
+    from tfcompress.quantization import quantize_model
+
+    inputs = keras.Input((6,))
+    model = keras.Model(inputs, TernaryDense(4, use_bias=False, name="t")(inputs))
+    qat = quantize_model(model)
+    x = rng.normal(size=(16, 6)).astype("float32")
+    qat(x, training=True)
+    upstream = rng.normal(size=(16, 4)).astype("float32")
+    wrapper = qat.get_layer("quant_t")
+    with tf.GradientTape() as tape:
+        out = qat(x, training=True)
+        loss = tf.reduce_sum(out * upstream)
+    (grad,) = tape.gradient(loss, [wrapper.layer.kernel])
+    kernel = ref.ternary_kernel(as_numpy(wrapper.layer.kernel)).astype("float32")
+    float_dense = L.Dense(4, use_bias=False)
+    float_dense.build((None, 6))
+    float_dense.set_weights([kernel])
+    xq = as_numpy(qat.get_layer("quant_input")(x))  # the input on its int8 grid
+    variable = float_dense.kernel
+    with tf.GradientTape() as tape:
+        loss = tf.reduce_sum(float_dense(xq) * upstream)
+    (expected,) = tape.gradient(loss, [variable])
+    assert_close(as_numpy(grad), as_numpy(expected), atol=1e-4)
+
+
+def test_qat_ternary_file_has_ternary_int8_kernels_and_parity(ternary_qat):
+    qat, x_test = ternary_qat
+    blob = export.to_tflite(qat)
+    kernels = _int8_kernels(blob)
+    (kernel,) = [k for k in kernels if k.ndim == 4]  # t1's CONV_2D: 3 values per channel
+    for o in range(kernel.shape[0]):
+        values = set(np.unique(kernel[o]).tolist())
+        assert values <= {-127, 0, 127} and 0 in values and np.abs(kernel[o]).max() == 127
+    report = export.verify(blob, qat, x_test)
+    assert report["within_1_step"] >= 0.99 and report["argmax_agreement"] >= 0.99, report
+
+
+def test_qat_ternary_model_round_trips(ternary_qat, tmp_path):
+    qat, x_test = ternary_qat
+    path = tmp_path / "ternary_qat.keras"
+    qat.save(path)
+    loaded = keras.saving.load_model(path)
+    np.testing.assert_array_equal(loaded.predict(x_test, verbose=0),
+                                  qat.predict(x_test, verbose=0))
+    assert isinstance(loaded.get_layer("quant_t1").layer, TernaryConv)

@@ -75,10 +75,15 @@ def ternarize(w, threshold=DEFAULT_THRESHOLD, axis=None):
     w = ops.convert_to_tensor(w)
     magnitude = ops.abs(w)
     delta = threshold * ops.mean(magnitude, axis=axis, keepdims=True)
-    kept = ops.cast(magnitude > delta, w.dtype)
-    w_t = ops.sign(w) * kept
-    count = ops.sum(kept, axis=axis, keepdims=True)
-    alpha = ops.sum(magnitude * kept, axis=axis, keepdims=True) / ops.maximum(count, 1.0)
+    # `where`, not a cast of the mask: TensorFlow's constant folding stops at a
+    # bool -> float Cast, and TFLite's converter then cannot fold a QAT model's
+    # weight range (REDUCE_MAX) over a ternary kernel of a few thousand weights.
+    kept = magnitude > delta
+    zeros = ops.zeros_like(w)
+    w_t = ops.where(kept, ops.sign(w), zeros)
+    count = ops.sum(ops.where(kept, ops.ones_like(w), zeros), axis=axis, keepdims=True)
+    alpha = ops.sum(ops.where(kept, magnitude, zeros), axis=axis, keepdims=True) / ops.maximum(
+        count, 1.0)
     return alpha, w_t
 
 

@@ -35,7 +35,10 @@ Concatenate, GlobalAveragePooling, AveragePooling, Rescaling, standalone ReLU /
 Activation / Softmax, the scale-preserving MaxPooling, Flatten, Reshape,
 Dropout, ZeroPadding, Cropping, Permute, and every tfcompress layer: GhostConv, GhostBottleneck and ShiftConv
 (lowered first, see `tfcompress.lowering`), Shift, BinaryConv/BinaryDense (Sign
-+ a conv on +/-1 inputs) and AdderConv/AdderDense (`QuantizeAdderWrapper`).
++ a conv on +/-1 inputs), TernaryConv/TernaryDense (their alpha * W_t kernel
+int8-quantized; per output channel exactly) and AdderConv/AdderDense
+(`QuantizeAdderWrapper`). A layer annotated "float" (`quantize_annotate_layer`)
+stays float in the QAT model and in its int8 file (mixed precision).
 Functional and Sequential models, with several inputs and outputs, nested models
 (flattened) and shared layers; subclassed models cannot be cloned by Keras and
 raise a ValueError.

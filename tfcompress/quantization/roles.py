@@ -1,6 +1,6 @@
 """How `quantize_model` treats each layer type: the `quantization` layer trait.
 
-    "weights"    a Conv2D / DepthwiseConv2D / Dense (or binary) layer: fused with a
+    "weights"    a Conv2D / DepthwiseConv2D / Dense (binary, ternary) layer: fused with a
                  following BatchNormalization and ReLU into one `QuantizeWrapper`
     "adder"      AdderConv / AdderDense: `QuantizeAdderWrapper`, step by step
     "batchnorm"  a BatchNormalization with nothing to fold into: `QuantizeBatchNorm`
@@ -15,13 +15,22 @@ keep their input's int8 scale and get no quantizer. A custom layer joins with
 from keras import layers
 
 from tfcompress.core.traits import layer_traits, register_layer_traits
-from tfcompress.layers import AdderConv, AdderDense, BinaryConv, BinaryDense, Sign
+from tfcompress.layers import (
+    AdderConv,
+    AdderDense,
+    BinaryConv,
+    BinaryDense,
+    Sign,
+    TernaryConv,
+    TernaryDense,
+)
 from tfcompress.lowering import ShiftedReLU6
 
 __all__ = ["is_scale_preserving", "quantization_role", "supported_layer_names"]
 
 _ROLES = {
-    "weights": (layers.Conv2D, layers.DepthwiseConv2D, layers.Dense, BinaryConv, BinaryDense),
+    "weights": (layers.Conv2D, layers.DepthwiseConv2D, layers.Dense, BinaryConv, BinaryDense,
+                TernaryConv, TernaryDense),
     "adder": (AdderConv, AdderDense),
     "batchnorm": (layers.BatchNormalization,),
     "output": (

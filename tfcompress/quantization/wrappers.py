@@ -23,7 +23,14 @@ from keras import layers, ops
 
 from tfcompress.analysis.profile import count_layer, register_counter
 from tfcompress.core.graph import layer_call_inputs
-from tfcompress.layers import AdderConv, AdderDense, BinaryConv, BinaryDense
+from tfcompress.layers import (
+    AdderConv,
+    AdderDense,
+    BinaryConv,
+    BinaryDense,
+    TernaryConv,
+    TernaryDense,
+)
 from tfcompress.layers.adder import in_tflite_graph, magnitude, unit_channel_sum
 from tfcompress.quantization.quantizers import (
     ACTIVATION_BITS,
@@ -126,8 +133,9 @@ class QuantizeWrapper(layers.Layer):
             batchnorm = keras.saving.deserialize_keras_object(batchnorm)
         if quantization_role(layer) != "weights" or getattr(layer, "binarize_input", False):
             raise ValueError(
-                "QuantizeWrapper wraps Conv2D, DepthwiseConv2D, Dense, or BinaryConv / "
-                f"BinaryDense with binarize_input=False. Received: layer={layer!r}"
+                "QuantizeWrapper wraps Conv2D, DepthwiseConv2D, Dense, TernaryConv / "
+                "TernaryDense, or BinaryConv / BinaryDense with binarize_input=False. "
+                f"Received: layer={layer!r}"
             )
         inner_activation = activation_name(getattr(layer, "activation", None))
         if batchnorm is not None and inner_activation != "linear":
@@ -266,9 +274,12 @@ class QuantizeWrapper(layers.Layer):
         return kernel * self._per_output(scale), beta + (bias - bn.moving_mean) * scale
 
     def _kernel(self):
-        """The kernel the wrapped layer computes with (alpha * sign(W) if binary)."""
+        """The kernel the wrapped layer computes with (alpha * sign(W) if binary,
+        alpha * W_t if ternary; both straight-through to the latent kernel)."""
         if isinstance(self.layer, (BinaryConv, BinaryDense)):
             return self.layer.binary_kernel()
+        if isinstance(self.layer, (TernaryConv, TernaryDense)):
+            return self.layer.ternary_kernel()
         return ops.convert_to_tensor(self.layer.kernel)
 
     @property
