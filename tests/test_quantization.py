@@ -360,7 +360,7 @@ def test_training_mode_uses_batch_statistics_and_updates_moving_ones():
     inputs = keras.Input((6,))
     dense, norm = keras.layers.Dense(4, use_bias=False), keras.layers.BatchNormalization()
     model = keras.Model(inputs, norm(dense(inputs)))
-    qat = quantize_model(model)
+    qat = quantize_model(model, batch_statistics="float")
     wrapper = next(layer for layer in qat.layers if isinstance(layer, QuantizeWrapper))
     x = (3.0 + rng.normal(size=(256, 6))).astype("float32")
     float_bn = model(x, training=True).numpy()  # conv-then-BN with batch statistics
@@ -703,3 +703,66 @@ def test_qat_trains_under_mirrored_strategy():
     assert int(replicas) == 2
     assert np.isfinite(float(loss))
     assert float(lo) < -1.0 and float(hi) > 1.0  # ranges learned from N(0, 1) inputs
+
+
+def test_batch_statistics_from_the_quantized_pass_match_a_numpy_twin():
+    """batch_statistics="quantized" (the default): one conv pass; mu_B = mean(z) / f + b and
+    sigma_B^2 = var(z) / f^2 from z = x Q_w(w f), f = gamma / sigma (NumPy twin),
+    the moving statistics move to them; inference is the same as "float"'s."""
+    import numpy_reference as ref
+
+    rng = np.random.default_rng(7)
+    inputs = keras.Input((6,))
+    dense = keras.layers.Dense(4, name="fc")
+    norm = keras.layers.BatchNormalization(name="bn", epsilon=1e-3)
+    model = keras.Model(inputs, norm(dense(inputs)))
+    norm.set_weights([rng.uniform(0.5, 2.0, 4), rng.normal(size=4),
+                      rng.normal(size=4), rng.uniform(0.5, 2.0, 4)])
+    dense.set_weights([rng.normal(size=(6, 4)), rng.normal(size=4)])
+    fast = quantize_model(model)  # the default
+    exact = quantize_model(model, batch_statistics="float")
+    x = (1.0 + rng.normal(size=(128, 6))).astype("float32")
+    fast.get_layer("quant_input")(x, training=True)  # the input's range first
+    exact.get_layer("quant_input")(x, training=True)
+    wrapper = fast.get_layer("quant_fc")
+    assert wrapper.batch_statistics == "quantized"
+    bn = wrapper.batchnorm
+    gamma, beta, mean, var = (np.asarray(v, np.float64) for v in bn.get_weights())
+    w, b = (np.asarray(v, np.float64) for v in wrapper.layer.get_weights())
+    lo, hi = (float(v) for v in fast.get_layer("quant_input")._bounds())
+    xq = ref.fake_quant(x, lo, hi)
+    sigma = np.sqrt(var + 1e-3)
+    f = gamma / sigma
+    w_fold = w * f
+    bound = np.abs(w_fold).max()  # Dense: one scale
+    z = xq @ ref.fake_quant(w_fold, -bound, bound, narrow_range=True)
+    mean_b, var_b = z.mean(0) / f + b, z.var(0) / f ** 2
+    sigma_b = np.sqrt(var_b + 1e-3)
+    expected = z * sigma / sigma_b + beta + (b - mean_b) * gamma / sigma_b
+    wrapper.output_quantizer.quantize_in_training = False  # compare before rounding
+    out = fast(x, training=True).numpy()
+    np.testing.assert_allclose(out, expected, rtol=1e-4, atol=1e-4)
+    m = bn.momentum
+    np.testing.assert_allclose(np.asarray(bn.moving_mean), m * mean + (1 - m) * mean_b,
+                               rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(np.asarray(bn.moving_variance), m * var + (1 - m) * var_b,
+                               rtol=1e-4, atol=1e-5)
+    # The float pass's statistics differ from these only by the weights' rounding.
+    exact.get_layer("quant_fc").output_quantizer.quantize_in_training = False
+    assert np.abs(exact(x, training=True).numpy() - out).max() < 0.05 * np.abs(out).max()
+    with pytest.raises(ValueError, match=r"`batch_statistics` must be one of 'float', "
+                                         r"'quantized'. Received: batch_statistics='fast'"):
+        quantize_model(model, batch_statistics="fast")
+
+
+def test_quantized_batch_statistics_round_trip(tmp_path):
+    inputs = keras.Input((8, 8, 1))
+    h = keras.layers.Conv2D(4, 3, use_bias=False, name="c")(inputs)
+    model = keras.Model(inputs, keras.layers.ReLU()(keras.layers.BatchNormalization()(h)))
+    qat = quantize_model(model, batch_statistics="quantized")
+    x = np.random.default_rng(0).normal(size=(16, 8, 8, 1)).astype("float32")
+    qat(x, training=True)
+    qat.save(tmp_path / "q.keras")
+    loaded = keras.saving.load_model(tmp_path / "q.keras")
+    assert loaded.get_layer("quant_c").batch_statistics == "quantized"
+    np.testing.assert_array_equal(loaded(x).numpy(), qat(x).numpy())

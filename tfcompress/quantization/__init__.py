@@ -24,9 +24,10 @@ layer whose weights are `w * gamma / sigma` (moving sigma) quantized, with the
 output corrected by `sigma / sigma_B` and the bias `beta - gamma * mu_B / sigma_B`
 while training, so the forward pass equals conv-then-BN with batch statistics;
 at inference it uses the moving statistics, exactly what is exported. The
-gradient flows through the batch statistics `mu_B`, `sigma_B` (computed from an
-unquantized pass), so with the straight-through weight quantizer it is exactly
-the gradient of conv-then-BN in training mode.
+gradient flows through the batch statistics `mu_B`, `sigma_B`, taken from the
+quantized pass (one convolution per step) or, with
+`quantize_model(..., batch_statistics="float")`, from an extra float pass, which
+makes the forward pass and gradient exactly conv-then-BN's in training mode.
 
 Supported layers: Conv2D, DepthwiseConv2D, Dense (activation linear, relu,
 relu6, softmax or sigmoid), BatchNormalization (folded, or `QuantizeBatchNorm`

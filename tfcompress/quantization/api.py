@@ -37,6 +37,7 @@ from tfcompress.quantization.roles import (
     supported_layer_names,
 )
 from tfcompress.quantization.wrappers import (
+    BATCH_STATISTICS,
     QuantizeAdderWrapper,
     QuantizeBatchNorm,
     QuantizeWrapper,
@@ -54,8 +55,8 @@ def _copy_weights(source, target):
 
 def quantize_model(
     model, per_channel=True, fold_batchnorm=True, ema_decay=0.999, init_range=(-6.0, 6.0),
-    *, activation_bits=8, weight_bits=8, range_learning="ema", precision=8,
-    max_accuracy_drop=0.01, data=None, verbose=1,
+    *, activation_bits=8, weight_bits=8, range_learning="ema", batch_statistics="quantized",
+    precision=8, max_accuracy_drop=0.01, data=None, verbose=1,
 ):
     """Returns a trainable quantization-aware copy of a functional or Sequential model.
 
@@ -104,6 +105,11 @@ def quantize_model(
             2018); see `ActivationQuantizer`. Learned ranges start at the first
             training batch (not `init_range`); the model input's range and the
             steps of AdderConv / an unfolded BatchNormalization stay "ema".
+        batch_statistics: where a folded BatchNormalization's batch statistics
+            come from in training: "float" (an extra pass with the float
+            kernel: the forward pass is exactly conv-then-BN) or "quantized"
+            (the quantized pass itself, one convolution per step instead of two;
+            see `QuantizeWrapper`). Inference and the file are the same.
         precision: 8 (every layer int8, unless `quantize_annotate_layer` says
             otherwise) or "auto": mixed precision from
             `tfcompress.analysis.quantization_sensitivity(model, data)`: each
@@ -159,6 +165,11 @@ def quantize_model(
             f"`range_learning` must be one of {', '.join(map(repr, RANGE_LEARNING))}. "
             f"Received: range_learning={range_learning!r}"
         )
+    if batch_statistics not in BATCH_STATISTICS:
+        raise ValueError(
+            f"`batch_statistics` must be one of {', '.join(map(repr, BATCH_STATISTICS))}. "
+            f"Received: batch_statistics={batch_statistics!r}"
+        )
     if isinstance(precision, bool) or precision not in PRECISIONS:
         raise ValueError(
             f"`precision` must be one of {', '.join(map(repr, PRECISIONS))}. "
@@ -169,7 +180,7 @@ def quantize_model(
             model, max_accuracy_drop, data, verbose, per_channel=per_channel,
             fold_batchnorm=fold_batchnorm, ema_decay=ema_decay, init_range=init_range,
             activation_bits=activation_bits, weight_bits=weight_bits,
-            range_learning=range_learning,
+            range_learning=range_learning, batch_statistics=batch_statistics,
         )
     graph = ModelGraph(model)
     # Annotations are looked up by name: lowering copies the layers.
@@ -256,6 +267,7 @@ def quantize_model(
                     activation_bits=activation_bits,
                     weight_bits=weight_bits,
                     range_learning=range_learning,
+                    batch_statistics=batch_statistics,
                     name=f"quant_{name}",
                 ),
                 args, kwargs,
