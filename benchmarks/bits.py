@@ -790,8 +790,8 @@ def cost_lines(cost, tfmot, tfmot_error):
              "tracing); ratio = fastest QAT epoch / fastest plain epoch after the first."), "",
              "| Framework | Plain epochs s | QAT epochs s | QAT / plain |",
              "|---|---|---|---:|"]
-    sides = [("Keras 3 + tfcompress quantize_model() (default: batch statistics from the "
-              "quantized pass)", cost)]
+    default = "Keras 3 + tfcompress quantize_model() (default: quantized-pass statistics)"
+    sides = [(default, cost)]
     if cost.get("qat_float_statistics"):
         sides.append(("Keras 3 + tfcompress quantize_model(batch_statistics='float')",
                       dict(cost, qat=cost["qat_float_statistics"])))
