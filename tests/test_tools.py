@@ -97,3 +97,37 @@ def test_compress_rejects_unknown_model(tmp_path):
     result = _run(["--model=vgg"], tmp_path)
     assert result.returncode != 0
     assert "vgg" in result.stderr and "small_cnn" in result.stderr
+
+
+def test_compress_mixed_precision(tmp_path):
+    """--precision=auto: with a zero budget every layer whose int8 costs accuracy on
+    the held-out examples stays float; the file mixes them and matches Keras."""
+    result = _run(["--epochs=2", "--qat_epochs=1", "--precision=auto",
+                   "--max_accuracy_drop=0", "--sensitivity_examples=300"], tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads((tmp_path / "small_cnn_report.json").read_text())
+    int8 = report["int8"]
+    assert "precision='auto'" in result.stdout
+    from ai_edge_litert.interpreter import Interpreter
+
+    interpreter = Interpreter(model_path=str(tmp_path / "small_cnn_int8.tflite"))
+    tensors = {t["index"]: t["dtype"] for t in interpreter.get_tensor_details()}
+    float_ops = [op for op in interpreter._get_ops_details() if op["op_name"] in (
+        "CONV_2D", "FULLY_CONNECTED") and tensors[op["outputs"][0]] == np.float32]
+    weighted = [n for n in int8["float_layers"] if n.startswith("conv") or n == "predictions"]
+    assert len(float_ops) == len(weighted)  # each float layer is one float op in the file
+    printed = result.stdout.split("precision='auto'")[1].splitlines()[0]
+    for name in weighted:
+        assert name in printed
+    assert int8["parity"]["within_1_step"] >= 0.99
+    assert "mixed precision" in report["files"]["small_cnn_int8.tflite"]
+
+
+def test_compress_precision_flags_are_checked(tmp_path):
+    result = _run(["--quantize=ptq", "--precision=auto"], tmp_path)
+    assert result.returncode != 0 and "--precision=auto does not apply with --quantize=ptq" \
+        in result.stderr
+    result = _run(["--max_accuracy_drop=0.02"], tmp_path)
+    assert result.returncode != 0 and "applies with --precision=auto" in result.stderr
+    result = _run(["--precision=16"], tmp_path)
+    assert result.returncode != 0 and "precision" in result.stderr

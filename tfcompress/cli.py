@@ -26,7 +26,15 @@ import shutil
 import sys
 import traceback
 
-__all__ = ["Outputs", "UsageError", "check_dataset", "check_flags_apply", "check_json_path", "run"]
+__all__ = [
+    "Outputs",
+    "UsageError",
+    "check_dataset",
+    "check_flags_apply",
+    "check_json_path",
+    "print_rows",
+    "run",
+]
 
 
 
@@ -85,6 +93,14 @@ def _quiet(verbose):
     from absl import logging
 
     logging.set_verbosity(logging.ERROR)
+
+
+def print_rows(rows):
+    """Prints (key, value) pairs as an aligned two-column summary after a blank line."""
+    width = max(len(key) for key, _ in rows)
+    print()
+    for key, value in rows:
+        print(f"  {key:<{width}}  {value}")
 
 
 def check_flags_apply(flag_values, allowed, context):

@@ -82,6 +82,15 @@ flags.DEFINE_integer("verify_examples", 1000, "Test examples used to compare .tf
 flags.DEFINE_enum("quantize", "qat", ("qat", "ptq", "none"),
                   "int8 stage: quantization-aware fine-tuning, post-training, or none.")
 flags.DEFINE_integer("qat_epochs", 2, "QAT fine-tuning epochs.", lower_bound=0)
+flags.DEFINE_enum("precision", "8", ("8", "auto"),
+                  "--quantize=qat: 8 (every layer int8) or auto (mixed precision: the layers "
+                  "whose int8 costs the most accuracy, measured one at a time on the last "
+                  "--sensitivity_examples training examples, stay float in the int8 file).")
+flags.DEFINE_float("max_accuracy_drop", 0.01, "--precision=auto: accuracy the int8 layers may "
+                   "cost together, in [0, 1) (0.01 = one point).", lower_bound=0.0,
+                   upper_bound=0.999)
+flags.DEFINE_integer("sensitivity_examples", 1000, "--precision=auto: training examples the "
+                     "per-layer sensitivity is measured on.", lower_bound=1)
 flags.DEFINE_float("qat_learning_rate", 1e-4, "QAT fine-tuning Adam learning rate.",
                    lower_bound=0.0)
 flags.DEFINE_integer("calibration_examples", 200, "Training inputs used to calibrate int8.",
@@ -187,6 +196,12 @@ def check_flags(argv):
         cli.check_flags_apply(FLAGS, {"qat_epochs": ("--quantize=qat",),
                                       "qat_learning_rate": ("--quantize=qat",)},
                               f"--quantize={FLAGS.quantize}")
+    if FLAGS.quantize != "qat":
+        cli.check_flags_apply(FLAGS, {"precision": ("--quantize=qat",)},
+                              f"--quantize={FLAGS.quantize}")
+    cli.check_flags_apply(FLAGS, {"max_accuracy_drop": ("--precision=auto",),
+                                  "sensitivity_examples": ("--precision=auto",)},
+                          f"--precision={FLAGS.precision}")
     if FLAGS["conv"].present and FLAGS.model != "resnet20":
         raise cli.UsageError(f"--conv={FLAGS.conv} applies to --model=resnet20 only; "
                              f"received --model={FLAGS.model}.")
@@ -427,7 +442,7 @@ def main(argv):
 def _main():
     import keras
 
-    from tfcompress import datasets, export, profiling
+    from tfcompress import cli, datasets, export, profiling
 
     keras.utils.set_random_seed(FLAGS.seed)
     stem = FLAGS.model + (f"_{FLAGS.conv}" if FLAGS.model == "resnet20" else "")
@@ -566,10 +581,9 @@ def _main():
             ("int8 vs Keras within 1 step", f"{int8['parity'].get('within_1_step', 0):.4f}"),
             ("int8 vs Keras argmax agreement", f"{int8['parity']['argmax_agreement']:.4f}"),
         ]
-    width = max(len(k) for k, _ in rows)
-    print()
-    for key, value in rows:
-        print(f"  {key:<{width}}  {value}")
+        if int8.get("float_layers"):
+            rows.append(("int8 file's float layers", ", ".join(int8["float_layers"])))
+    cli.print_rows(rows)
     if "error" in int8:
         raise SystemExit(f"int8 stage failed: {int8['error']}")
 
@@ -979,14 +993,24 @@ def quantize_stage(model, stem, x_train, y_train, x_test, y_test):
     """QAT or PTQ to an integer-only int8 .tflite, verified against Keras; a report dict."""
 
     from tfcompress import export
+    from tfcompress.quantization import float_layers as mixed_float_layers
     from tfcompress.quantization import quantize_model
 
     if FLAGS.quantize == "none":
         return {}
+    float_layers = []
     stage(f"[7/7] int8 ({FLAGS.quantize})")
     calibration = x_train[: FLAGS.calibration_examples]
     try:
-        if FLAGS.quantize == "qat":
+        if FLAGS.quantize == "qat" and FLAGS.precision == "auto":
+            held = slice(-min(FLAGS.sensitivity_examples, len(x_train)), None)
+            print(f"      mixed precision: each weighted layer alone int8 on the last "
+                  f"{len(x_train[held])} training examples")
+            reference = quantize_model(
+                model, precision="auto", max_accuracy_drop=FLAGS.max_accuracy_drop,
+                data=(x_train[held], y_train[held]))
+            float_layers = mixed_float_layers(reference)
+        elif FLAGS.quantize == "qat":
             reference = quantize_model(model)
             # With --teacher the QAT model learns from it too (soft targets only: the
             # QAT wrappers rename the layers that --hint_layers names).
@@ -1004,7 +1028,9 @@ def quantize_stage(model, stem, x_train, y_train, x_test, y_test):
         print(f"      int8 export is not available for this model: {error}")
         return {"error": str(error)}
     source = f"{stem}_qat.keras" if FLAGS.quantize == "qat" else f"{stem}.keras"
-    path = OUT.path(stem + "_int8.tflite", f"integer-only int8 file, exported from {source}")
+    kind = ("integer-only int8 file" if not float_layers else
+            f"int8 file with float {', '.join(float_layers)} (mixed precision)")
+    path = OUT.path(stem + "_int8.tflite", f"{kind}, exported from {source}")
     write_atomic(path, tflite)
     parity = export.verify(tflite, reference, x_test[: FLAGS.verify_examples])
     probs, _ = export.run_tflite(tflite, x_test)
@@ -1014,7 +1040,7 @@ def quantize_stage(model, stem, x_train, y_train, x_test, y_test):
           f"argmax agreement {parity['argmax_agreement']:.4f}")
     result = {"mode": FLAGS.quantize, "path": path, "file": os.path.basename(path),
               "exported_from": source, "bytes": len(tflite),
-              "test_accuracy": accuracy, "parity": parity}
+              "test_accuracy": accuracy, "parity": parity, "float_layers": float_layers}
     if FLAGS.quantize == "qat":
         result["history"] = qat_history
         result["model"] = reference

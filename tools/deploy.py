@@ -90,7 +90,7 @@ def main(argv):
     del argv
     import numpy as np
 
-    from tfcompress import datasets, export
+    from tfcompress import cli, datasets, export
 
     with open(FLAGS.tflite, "rb") as f:
         tflite_bytes = f.read()
@@ -163,18 +163,13 @@ def main(argv):
         else:
             rows.append(("TFLM vs Keras", f"max |diff| {check['max_abs_diff']:.2e}"))
     if FLAGS.c_out:
-        from tfcompress import cli
-
         with cli.Outputs(FLAGS.c_out) as out:
             header = out.path(f"{FLAGS.name}.h", "the header: extern declarations")
             out.path(f"{FLAGS.name}.cc", "the model as an alignas(16) byte array")
             export.to_c_source(tflite_bytes, header[: -len(".h")], name=FLAGS.name)
         report["c_source"] = [out.final(f"{FLAGS.name}.h"), out.final(f"{FLAGS.name}.cc")]
         rows.append(("C source", " and ".join(report["c_source"])))
-    width = max(len(k) for k, _ in rows)
-    print()
-    for key, value in rows:
-        print(f"  {key:<{width}}  {value}")
+    cli.print_rows(rows)
     if FLAGS.json:
         write_atomic(FLAGS.json, json.dumps(report, indent=2))
         print(f"\nwrote {FLAGS.json}")

@@ -90,7 +90,7 @@ def main(argv):
     del argv
     import numpy as np
 
-    from tfcompress import datasets, export
+    from tfcompress import cli, datasets, export
 
     info = datasets.info(FLAGS.dataset)
     example_shape, num_classes = tuple(info["input_shape"]), info["num_classes"]
@@ -190,10 +190,7 @@ def main(argv):
                 ("parity within 1 step", f"{check['within_1_step']:.4f}"),
             ]
 
-    width = max(len(k) for k, _ in rows)
-    print()
-    for key, value in rows:
-        print(f"  {key:<{width}}  {value}")
+    cli.print_rows(rows)
     if hint:
         print(f"\nnote: {hint}")
     if FLAGS.json:

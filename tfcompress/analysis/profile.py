@@ -71,6 +71,7 @@ from tfcompress.layers import (
     Shift,
     ShiftConv,
 )
+from tfcompress.layers._utils import known_prod
 
 # Per-call counts: summed over the calls of a shared layer. Every other numeric
 # key a counter returns (`param_bits`, or e.g. "nonzero_params" from a pruning
@@ -191,26 +192,13 @@ def _is_multi(shape):
     )
 
 
-def _static_prod(dims, layer, what):
-    """Product of dims, which must all be known to count operations."""
-    dims = tuple(dims)
-    if any(d is None for d in dims):
-        raise ValueError(
-            f"Cannot count the operations of layer {layer.name!r} "
-            f"({type(layer).__name__}): its {what} has an unknown dimension, "
-            f"{dims}. Build the model with a fully specified `keras.Input(shape=...)` "
-            "(height and width included)."
-        )
-    return math.prod(dims)
-
-
 def _spatial(shape, layer):
     """Product of the spatial dims of a channels-last or channels-first shape."""
     if getattr(layer, "data_format", "channels_last") == "channels_first":
         dims = shape[2:]
     else:
         dims = shape[1:-1]
-    return _static_prod(dims, layer, "output shape")
+    return known_prod(dims, layer, "output shape")
 
 
 def _size(variable):
@@ -352,13 +340,13 @@ def _count_separable(layer, input_shape, output_shape):
 
 
 def _count_dense(layer, input_shape, output_shape):
-    rows = _static_prod(output_shape[1:-1], layer, "output shape")
+    rows = known_prod(output_shape[1:-1], layer, "output shape")
     return {"macs": _size(layer.kernel) * rows}
 
 
 def _count_hashed_dense(layer, input_shape, output_shape):
     # The virtual matrix's multiply-adds; only the buckets are stored.
-    rows = _static_prod(output_shape[1:-1], layer, "output shape")
+    rows = known_prod(output_shape[1:-1], layer, "output shape")
     return {"macs": int(input_shape[-1]) * layer.units * rows,
             "note": f"{layer.buckets} shared weights"}
 
@@ -369,12 +357,12 @@ def _count_nothing(layer, input_shape, output_shape):
 
 def _count_adder_conv(layer, input_shape, output_shape):
     # -sum |x - w|: one subtraction and one accumulation per kernel element.
-    pixels = _static_prod(output_shape[1:3], layer, "output shape")
+    pixels = known_prod(output_shape[1:3], layer, "output shape")
     return {"adds": 2 * _size(layer.kernel) * pixels}
 
 
 def _count_adder_dense(layer, input_shape, output_shape):
-    rows = _static_prod(output_shape[1:-1], layer, "output shape")
+    rows = known_prod(output_shape[1:-1], layer, "output shape")
     return {"adds": 2 * _size(layer.kernel) * rows}
 
 

@@ -3,7 +3,7 @@
 
 import math
 
-__all__ = ["clone_initializer", "output_length", "same_pads"]
+__all__ = ["clone_initializer", "known_prod", "output_length", "same_pads"]
 
 
 def output_length(size, kernel, stride, padding):
@@ -13,6 +13,23 @@ def output_length(size, kernel, stride, padding):
     if padding == "same":
         return math.ceil(size / stride)
     return (size - kernel) // stride + 1
+
+
+def known_prod(dims, layer, what="output shape"):
+    """Product of dims, which must all be known to count a layer's operations.
+
+    Raises:
+        ValueError: naming the layer and the shape when a dimension is None.
+    """
+    dims = tuple(dims)
+    if any(d is None for d in dims):
+        raise ValueError(
+            f"Cannot count the operations of layer {layer.name!r} "
+            f"({type(layer).__name__}): its {what} has an unknown dimension, "
+            f"{dims}. Build the model with a fully specified `keras.Input(shape=...)` "
+            "(height and width included)."
+        )
+    return math.prod(dims)
 
 
 def same_pads(size, kernel, stride):

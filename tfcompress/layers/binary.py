@@ -17,6 +17,7 @@ from keras import layers, ops
 from tfcompress.core.args import check_choice, check_int
 from tfcompress.core.traits import register_layer_traits
 from tfcompress.layers._base import Conv2DGeometry, DenseGeometry, KernelLayer
+from tfcompress.layers._utils import known_prod
 from tfcompress.layers.adder import magnitude
 
 __all__ = [
@@ -464,17 +465,6 @@ class BinaryDense(DenseGeometry, _BinaryBase):
 # ------------------------------------------------------------------ profile counters
 
 
-def _known_prod(dims, layer):
-    dims = tuple(dims)
-    if any(d is None for d in dims):
-        raise ValueError(
-            f"Cannot count the operations of layer {layer.name!r} ({type(layer).__name__}): "
-            f"a shape it needs has an unknown dimension, {dims}. Build the model with a "
-            "fully specified `keras.Input(shape=...)` (height and width included)."
-        )
-    return math.prod(dims)
-
-
 def _binary_counts(layer, input_shape, kernel_uses, outputs, taps):
     from tfcompress.analysis.profile import dtype_bits  # profile imports this module
 
@@ -488,7 +478,7 @@ def _binary_counts(layer, input_shape, kernel_uses, outputs, taps):
     if order > 1:
         macs += order * taps * outputs  # every tap's popcount times its pixel's beta_i
         # per order the channel sum of |R| (beta), and n - 1 residual updates
-        counts["adds"] = (2 * order - 1) * _known_prod(input_shape[1:], layer)
+        counts["adds"] = (2 * order - 1) * known_prod(input_shape[1:], layer, "input shape")
     if macs:
         counts["macs"] = macs
     bits = math.prod(layer.kernel.shape)  # 1 bit per binary weight
@@ -522,7 +512,7 @@ def count_binary_conv(layer, input_shape, output_shape):
     Raises:
         ValueError: when a dimension the count needs is unknown.
     """
-    pixels = _known_prod(output_shape[1:3], layer)
+    pixels = known_prod(output_shape[1:3], layer)
     kernel_uses = math.prod(layer.kernel.shape) * pixels
     taps = math.prod(layer.kernel.shape[:2])
     return _binary_counts(layer, input_shape, kernel_uses, pixels * output_shape[-1], taps)
@@ -543,7 +533,7 @@ def count_binary_dense(layer, input_shape, output_shape):
     Raises:
         ValueError: when a dimension the count needs is unknown.
     """
-    rows = _known_prod(output_shape[1:-1], layer)
+    rows = known_prod(output_shape[1:-1], layer)
     kernel_uses = math.prod(layer.kernel.shape) * rows
     return _binary_counts(layer, input_shape, kernel_uses, rows * output_shape[-1], 1)
 

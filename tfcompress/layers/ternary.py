@@ -15,6 +15,7 @@ from keras import ops
 
 from tfcompress.core.traits import register_layer_traits
 from tfcompress.layers._base import Conv2DGeometry, DenseGeometry, KernelLayer
+from tfcompress.layers._utils import known_prod
 
 __all__ = [
     "DEFAULT_THRESHOLD",
@@ -255,17 +256,6 @@ class TernaryDense(DenseGeometry, _TernaryBase):
 # ------------------------------------------------------------------ profile counters
 
 
-def _known_prod(dims, layer):
-    dims = tuple(dims)
-    if any(d is None for d in dims):
-        raise ValueError(
-            f"Cannot count the operations of layer {layer.name!r} ({type(layer).__name__}): "
-            f"its output shape has an unknown dimension, {dims}. Build the model with a "
-            "fully specified `keras.Input(shape=...)` (height and width included)."
-        )
-    return math.prod(dims)
-
-
 def _ternary_counts(layer, kernel_uses, outputs):
     from tfcompress.analysis.profile import dtype_bits  # profile imports this module
 
@@ -303,7 +293,7 @@ def count_ternary_conv(layer, input_shape, output_shape):
     Raises:
         ValueError: when a dimension the count needs is unknown.
     """
-    pixels = _known_prod(output_shape[1:3], layer)
+    pixels = known_prod(output_shape[1:3], layer)
     return _ternary_counts(layer, math.prod(layer.kernel.shape) * pixels,
                            pixels * output_shape[-1])
 
@@ -322,7 +312,7 @@ def count_ternary_dense(layer, input_shape, output_shape):
     Raises:
         ValueError: when a dimension the count needs is unknown.
     """
-    rows = _known_prod(output_shape[1:-1], layer)
+    rows = known_prod(output_shape[1:-1], layer)
     return _ternary_counts(layer, math.prod(layer.kernel.shape) * rows, rows * output_shape[-1])
 
 
