@@ -116,9 +116,10 @@ def to_tflite(model, representative_data=None, *, int8_io=True, mode="int8"):
             "mode='int8', or make it with quantize_model(..., activation_bits=16) for "
             "mode='int16x8'."
         )
-    if mode == "int16x8" and _float_layers(model):
+    kept_float = _float_layers(model) if mode in _INTEGER_MODES else []
+    if mode == "int16x8" and kept_float:
         raise ValueError(
-            f"Model {model.name!r} keeps layers float ({', '.join(map(repr, _float_layers(model)))}): "
+            f"Model {model.name!r} keeps layers float ({', '.join(map(repr, kept_float))}): "
             "mixed int8 / float files are written in mode='int8' (a model made with "
             "activation_bits=8); 16x8 quantizes every operator."
         )
@@ -135,7 +136,6 @@ def to_tflite(model, representative_data=None, *, int8_io=True, mode="int8"):
             signature["input_signature"] = [
                 tf.TensorSpec((None,) + tuple(shape[1:]), tf.float32, name=name)
             ]
-        kept_float = _float_layers(model) if mode == "int8" else []
         boundaries = _float_boundaries(model) if kept_float else {}
         # AdderConv's |x - w| as LEAKY_RELU, which XNNPACK runs in int8; the
         # quantizers after float layers are written into the calibrated file.

@@ -14,9 +14,8 @@ the quantized pass itself (`z = op(x, Q_w(w f))`, `f = gamma / sigma`:
 training step; `batch_statistics="float"` takes them from an extra float pass
 (Krishnamoorthi's scheme), so the forward pass and, with the straight-through
 weight quantizer, the gradient are exactly conv-then-BN's in training mode, at
-the cost of a second convolution (measured on small_cnn / MNIST: QAT epochs
-1.79x a plain epoch with "float", 1.18x with "quantized"; QAT accuracy the same
-within 0.1 pt on two seeds of Fashion-MNIST). At inference each wrapper rounds its bias to int32
+the cost of a second convolution (the QAT epoch times of both are in
+benchmarks/RESULTS.md, bits benchmark part 3). At inference each wrapper rounds its bias to int32
 at `s_in * s_w`, as the converter stores it, with the scale of its input's
 quantizer (`input_quantizer_of`).
 """
