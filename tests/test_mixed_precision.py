@@ -194,6 +194,35 @@ def test_a_float_output_layer_is_quantized_for_int8_output(digits):
     assert verify(float_io, qat, digits[2])["max_abs_diff"] <= 0.5 * step * 1.01
 
 
+def test_a_float_softmax_output_keeps_its_softmax_float(digits):
+    """A float Dense(softmax) model output: FULLY_CONNECTED and SOFTMAX both float (the
+    SOFTMAX's tensors name no layer: it goes with the float op feeding it), then
+    QUANTIZE at the softmax's fixed range."""
+    def build():
+        inputs = keras.Input((8, 8, 1))
+        h = L.Dense(24, activation="relu", name="fc1")(L.Flatten()(inputs))
+        return keras.Model(inputs, L.Dense(10, activation="softmax", name="out")(h))
+
+    x, y, x_test, _ = digits
+    keras.utils.set_random_seed(0)
+    model = build()
+    model.compile("adam", "sparse_categorical_crossentropy")
+    model.fit(x, y, epochs=2, verbose=0)
+    quantize_annotate_layer(model.get_layer("out"), "float")
+    qat = quantize_model(model)
+    clear_annotation(model.get_layer("out"))
+    qat.compile("adam", "sparse_categorical_crossentropy")
+    qat.fit(x, y, epochs=1, verbose=0)
+    tflite = to_tflite(qat)
+    _, tensors, ops = _ops(tflite)
+    kinds = [(op["op_name"], tensors[op["outputs"][0]]["dtype"]) for op in ops
+             if op["op_name"] in ("FULLY_CONNECTED", "SOFTMAX", "QUANTIZE")]
+    assert kinds == [("FULLY_CONNECTED", np.int8), ("FULLY_CONNECTED", np.float32),
+                     ("SOFTMAX", np.float32), ("QUANTIZE", np.int8)]
+    result = verify(tflite, qat, x_test)
+    assert result["within_1_step"] >= 0.99 and result["argmax_agreement"] >= 0.99
+
+
 def test_two_input_model_with_a_float_branch(digits):
     x, y, x_test, _ = digits
 

@@ -99,28 +99,53 @@ def test_compress_rejects_unknown_model(tmp_path):
     assert "vgg" in result.stderr and "small_cnn" in result.stderr
 
 
+def _damaged_small_cnn(path):
+    """small_cnn trained on digits, one feature of its classifier made dead (bn3's
+    offset far below zero) and given a huge weight: the float model is unchanged,
+    but the classifier's one int8 weight scale (FULLY_CONNECTED) then rounds every
+    other weight to 0, so int8 costs that layer most of its accuracy."""
+    import keras
+
+    from tfcompress import datasets, models
+
+    (x, y), _ = datasets.load("digits")
+    keras.utils.set_random_seed(0)
+    model = models.small_cnn(input_shape=(8, 8, 1))
+    model.compile("adam", "sparse_categorical_crossentropy")
+    model.fit(x, y, epochs=3, verbose=0)
+    gamma, beta, mean, var = model.get_layer("bn3").get_weights()
+    beta[0] = -1e3
+    model.get_layer("bn3").set_weights([gamma, beta, mean, var])
+    kernel, bias = model.get_layer("predictions").get_weights()
+    kernel[0, :] = 1e3 * np.abs(kernel).max()
+    model.get_layer("predictions").set_weights([kernel, bias])
+    model.save(path)
+
+
 def test_compress_mixed_precision(tmp_path):
-    """--precision=auto: with a zero budget every layer whose int8 costs accuracy on
-    the held-out examples stays float; the file mixes them and matches Keras."""
-    result = _run(["--epochs=2", "--qat_epochs=1", "--precision=auto",
-                   "--max_accuracy_drop=0", "--sensitivity_examples=300"], tmp_path)
+    """--precision=auto: the layer int8 hurts stays float in the file, which mixes
+    int8 and float operators and matches the QAT model."""
+    loaded = tmp_path / "damaged.keras"
+    _damaged_small_cnn(loaded)
+    out = tmp_path / "out"
+    result = _run([f"--load={loaded}", "--qat_epochs=1", "--precision=auto",
+                   "--max_accuracy_drop=0.02", "--sensitivity_examples=500"], out)
     assert result.returncode == 0, result.stderr[-3000:]
-    report = json.loads((tmp_path / "small_cnn_report.json").read_text())
+    report = json.loads((out / "damaged_report.json").read_text())
     int8 = report["int8"]
-    assert "precision='auto'" in result.stdout
+    assert int8["float_layers"] == ["predictions"], result.stdout[-2000:]
+    assert "precision='auto'" in result.stdout and "float: predictions" in result.stdout
     from ai_edge_litert.interpreter import Interpreter
 
-    interpreter = Interpreter(model_path=str(tmp_path / "small_cnn_int8.tflite"))
+    interpreter = Interpreter(model_path=str(out / "damaged_int8.tflite"))
     tensors = {t["index"]: t["dtype"] for t in interpreter.get_tensor_details()}
-    float_ops = [op for op in interpreter._get_ops_details() if op["op_name"] in (
-        "CONV_2D", "FULLY_CONNECTED") and tensors[op["outputs"][0]] == np.float32]
-    weighted = [n for n in int8["float_layers"] if n.startswith("conv") or n == "predictions"]
-    assert len(float_ops) == len(weighted)  # each float layer is one float op in the file
-    printed = result.stdout.split("precision='auto'")[1].splitlines()[0]
-    for name in weighted:
-        assert name in printed
+    kinds = [(op["op_name"], tensors[op["outputs"][0]]) for op in interpreter._get_ops_details()
+             if op["op_name"] in ("CONV_2D", "FULLY_CONNECTED")]
+    assert kinds == [("CONV_2D", np.int8)] * 3 + [("FULLY_CONNECTED", np.float32)]
     assert int8["parity"]["within_1_step"] >= 0.99
-    assert "mixed precision" in report["files"]["small_cnn_int8.tflite"]
+    assert int8["test_accuracy"] > 0.8  # all-int8, the classifier's rounding would ruin it
+    assert "mixed precision" in report["files"]["damaged_int8.tflite"]
+    assert "float layers" in result.stdout
 
 
 def test_compress_precision_flags_are_checked(tmp_path):

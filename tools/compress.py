@@ -1002,16 +1002,17 @@ def quantize_stage(model, stem, x_train, y_train, x_test, y_test):
     stage(f"[7/7] int8 ({FLAGS.quantize})")
     calibration = x_train[: FLAGS.calibration_examples]
     try:
-        if FLAGS.quantize == "qat" and FLAGS.precision == "auto":
-            held = slice(-min(FLAGS.sensitivity_examples, len(x_train)), None)
-            print(f"      mixed precision: each weighted layer alone int8 on the last "
-                  f"{len(x_train[held])} training examples")
-            reference = quantize_model(
-                model, precision="auto", max_accuracy_drop=FLAGS.max_accuracy_drop,
-                data=(x_train[held], y_train[held]))
-            float_layers = mixed_float_layers(reference)
-        elif FLAGS.quantize == "qat":
-            reference = quantize_model(model)
+        if FLAGS.quantize == "qat":
+            if FLAGS.precision == "auto":
+                held = slice(-min(FLAGS.sensitivity_examples, len(x_train)), None)
+                print(f"      mixed precision: each weighted layer alone int8 on the last "
+                      f"{len(x_train[held])} training examples")
+                reference = quantize_model(
+                    model, precision="auto", max_accuracy_drop=FLAGS.max_accuracy_drop,
+                    data=(x_train[held], y_train[held]))
+                float_layers = mixed_float_layers(reference)
+            else:
+                reference = quantize_model(model)
             # With --teacher the QAT model learns from it too (soft targets only: the
             # QAT wrappers rename the layers that --hint_layers names).
             qat_history = student_fit(reference, x_train, y_train, FLAGS.qat_epochs,

@@ -6,7 +6,13 @@ import numpy as np
 
 from tfcompress.core.graph import all_layers
 
-__all__ = ["MIN_ACTIVATION_SCALE", "check_integer_only", "layer_of", "op_layer"]
+__all__ = [
+    "MIN_ACTIVATION_SCALE",
+    "check_integer_only",
+    "float_operators",
+    "layer_of",
+    "op_layer",
+]
 
 # Below this an activation's int8 scale means calibration saw (almost) one value.
 MIN_ACTIVATION_SCALE = 1e-6
@@ -42,6 +48,42 @@ def op_layer(op, tensor_names, produced, layer_names):
     return layer_of(names, layer_names)
 
 
+def float_operators(ops, tensor_names, float_layers):
+    """Indices of the operators of a file that belong to the `float_layers`.
+
+    An operator belongs to a layer its tensor names name (`op_layer`). One whose
+    names carry no layer path at all (a model output's SOFTMAX: no weights, its
+    output named after the signature, 'StatefulPartitionedCall:0') belongs with
+    the operators that feed it, when they all are float ones. QUANTIZE and
+    DEQUANTIZE never do: they are the boundaries.
+
+    Args:
+        ops: the interpreter's `_get_ops_details()`, in execution order.
+        tensor_names: {tensor index: name}.
+        float_layers: names of the layers kept float.
+
+    Returns:
+        A set of operator indices (empty without float layers).
+    """
+    producer = {i: op["index"] for op in ops for i in op["outputs"]}
+    found = set()
+    if not float_layers:
+        return found
+    for op in ops:
+        if op["op_name"] in ("QUANTIZE", "DEQUANTIZE"):
+            continue
+        if op_layer(op, tensor_names, producer, float_layers) is not None:
+            found.add(op["index"])
+            continue
+        own = [tensor_names[i] for i in op["outputs"]]
+        own += [tensor_names[i] for i in op["inputs"] if i >= 0 and i not in producer]
+        sources = [producer[i] for i in op["inputs"] if i in producer]
+        if not any("/" in name for name in own) and sources and all(
+                s in found for s in sources):
+            found.add(op["index"])
+    return found
+
+
 def check_integer_only(tflite_bytes, model=None, float_layers=()):
     """Raises ValueError unless every operator of the file is an integer builtin.
 
@@ -74,13 +116,8 @@ def check_integer_only(tflite_bytes, model=None, float_layers=()):
     names = [layer.name for layer in all_layers(model)] if model is not None else []
     ops_seen, problems = [], []
     all_ops = interpreter._get_ops_details()
-    produced = {i for op in all_ops for i in op["outputs"]}
     tensor_names = {i: t["name"] for i, t in tensors.items()}
-    float_ops = {
-        op["index"] for op in all_ops if float_layers and op["op_name"] not in (
-            "QUANTIZE", "DEQUANTIZE")
-        and op_layer(op, tensor_names, produced, float_layers) is not None
-    }
+    float_ops = float_operators(all_ops, tensor_names, float_layers)
     float_tensors = {i for op in all_ops if op["index"] in float_ops for i in op["outputs"]}
     float_inputs = {i for op in all_ops if op["index"] in float_ops for i in op["inputs"]}
     for op in all_ops:

@@ -26,7 +26,12 @@ from tfcompress.core.graph import (
     is_subclassed,
     subclassed_input_shape,
 )
-from tfcompress.export.checks import check_integer_only, layer_of, op_layer
+from tfcompress.export.checks import (
+    check_integer_only,
+    float_operators,
+    layer_of,
+    op_layer,
+)
 from tfcompress.layers.adder import tflite_graph
 from tfcompress.quantization import ActivationQuantizer
 from tfcompress.quantization.quantizers import exported_as_identity
@@ -227,17 +232,23 @@ def _mixed_int8(converter, kept_float, boundaries, int8_io):
         for name in chain:
             by_layer.setdefault(name, (lo, hi))
     produced = {i for op in all_ops for i in op["outputs"]}
-    for op in all_ops:
+    floats = float_operators(all_ops, tensors, kept_float)
+    layer_of_op = {}
+    for op in all_ops:  # in execution order: an unnamed float op takes its source's layer
+        if op["index"] not in floats:
+            continue
         layer = op_layer(op, tensors, produced, kept_float)
         if layer is None:
-            continue
+            layer = next(layer_of_op[o["index"]] for o in all_ops if o["index"] in floats
+                         and set(o["outputs"]) & set(op["inputs"]))
+        layer_of_op[op["index"]] = layer
         for i in op["outputs"]:
             name = tensors[i]
             nodes.add(name)
             nodes.update(name.split(";"))
             leaves = [o for o in all_ops if i in o["inputs"]]
             if layer in by_layer and (not leaves or any(
-                    op_layer(o, tensors, produced, kept_float) is None for o in leaves)):
+                    o["index"] not in floats for o in leaves)):
                 ranges[name] = by_layer[layer]
     calibrated = _set_ranges(calibrated, ranges)
     io_type = tf.int8 if int8_io else tf.float32

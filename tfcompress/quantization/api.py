@@ -374,8 +374,9 @@ def _mixed_precision(model, max_accuracy_drop, data, verbose, **quantize_kwargs)
             else:
                 quantize_annotate_layer(layer, scheme)
     if verbose:
-        drops = result.drops
-        kept = ", ".join(f"{n} ({100 * drops[n]:+.2f} pt)" for n in keep) or "none"
+        each = ", ".join(f"{n} {100 * d:+.2f}" for n, d in result.drops.items())
+        print(f"accuracy drop (pt) with each layer alone int8: {each}")
+        kept = ", ".join(keep) or "none"
         print(f"precision='auto' (budget {100 * max_accuracy_drop:.2f} pt): float: {kept}")
     return qat
 
