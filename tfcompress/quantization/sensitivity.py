@@ -2,7 +2,8 @@
 
 `quantization_sensitivity(model, (x, y))` builds, for every weighted layer, the
 QAT model in which that layer alone is int8 (every other weighted layer kept
-float with `quantize_annotate_layer(layer, "float")`), sets its ranges from the
+float with `quantize_annotate_layer(layer, "float")`, their outputs quantized
+again where an int8 layer takes them, as in the mixed file), sets its ranges from the
 data (a few training-mode passes; the BatchNorm statistics those passes move
 are put back), and measures top-1 accuracy in inference mode. No training.
 `choose_float_layers` turns the drops into the set of layers to keep float
