@@ -128,7 +128,7 @@ def check_integer_only(tflite_bytes, model=None, float_layers=()):
         if name.startswith("Flex") or name in ("CUSTOM", "DELEGATE") or "CUSTOM" in name:
             problem = "is not a TFLite builtin"
         elif op["index"] in float_ops:
-            pass  # kept float on purpose
+            problem = None  # kept float on purpose
         elif name == "QUANTIZE" and not set(op_inputs) <= inputs | float_tensors and any(
             tensors[i]["dtype"] == np.float32 for i in op_inputs
         ):

@@ -34,6 +34,7 @@ from tfcompress.export.checks import (
 )
 from tfcompress.layers.adder import tflite_graph
 from tfcompress.quantization import ActivationQuantizer
+from tfcompress.quantization.api import float_boundaries, float_layers
 from tfcompress.quantization.quantizers import exported_as_identity
 
 __all__ = ["MODES", "to_tflite"]
@@ -141,7 +142,7 @@ def to_tflite(model, representative_data=None, *, int8_io=True, mode="int8"):
             signature["input_signature"] = [
                 tf.TensorSpec((None,) + tuple(shape[1:]), tf.float32, name=name)
             ]
-        boundaries = _float_boundaries(model) if kept_float else {}
+        boundaries = float_boundaries(model, kept_float) if kept_float else {}
         # AdderConv's |x - w| as LEAKY_RELU, which XNNPACK runs in int8; the
         # quantizers after float layers are written into the calibrated file.
         with tflite_graph(), exported_as_identity(boundaries):
@@ -192,15 +193,7 @@ def _float_layers(model):
     """The layers a QAT model keeps float (`quantize_annotate_layer(layer, "float")`)."""
     if not _is_qat(model) or not is_graph_model(model):
         return []
-    from tfcompress.quantization.api import float_layers
-
     return float_layers(model)
-
-
-def _float_boundaries(model):
-    from tfcompress.quantization.api import float_boundaries
-
-    return float_boundaries(model)
 
 
 def _mixed_int8(converter, kept_float, boundaries, int8_io):

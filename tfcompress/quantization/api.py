@@ -381,14 +381,18 @@ def _mixed_precision(model, max_accuracy_drop, data, verbose, **quantize_kwargs)
     return qat
 
 
-def float_boundaries(qat_model):
+def float_boundaries(qat_model, kept=None):
     """The quantizers right after the float layers of a QAT model.
+
+    Args:
+        qat_model: a model made by `quantize_model`.
+        kept: its `float_layers`, if already known.
 
     Returns:
         {quantizer: [names of the float layers whose values it quantizes: the
         layer feeding it first, then the layers before that one]}, graph order.
     """
-    kept = set(float_layers(qat_model))
+    kept = set(float_layers(qat_model) if kept is None else kept)
     graph = ModelGraph(qat_model)
     found = {}
     for node in graph.nodes:
