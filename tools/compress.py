@@ -85,7 +85,8 @@ flags.DEFINE_integer("qat_epochs", 2, "QAT fine-tuning epochs.", lower_bound=0)
 flags.DEFINE_enum("precision", "8", ("8", "auto"),
                   "--quantize=qat: 8 (every layer int8) or auto (mixed precision: the layers "
                   "whose int8 costs the most accuracy, measured one at a time on the last "
-                  "--sensitivity_examples training examples, stay float in the int8 file).")
+                  "--sensitivity_examples training examples, become 16x8 operators in the "
+                  "int8 file where that keeps the budget, else stay float).")
 flags.DEFINE_float("max_accuracy_drop", 0.01, "--precision=auto: accuracy the int8 layers may "
                    "cost together, in [0, 1) (0.01 = one point).", lower_bound=0.0,
                    upper_bound=0.999)
@@ -581,6 +582,8 @@ def _main():
             ("int8 vs Keras within 1 step", f"{int8['parity'].get('within_1_step', 0):.4f}"),
             ("int8 vs Keras argmax agreement", f"{int8['parity']['argmax_agreement']:.4f}"),
         ]
+        if int8.get("int16_layers"):
+            rows.append(("int8 file's 16x8 layers", ", ".join(int8["int16_layers"])))
         if int8.get("float_layers"):
             rows.append(("int8 file's float layers", ", ".join(int8["float_layers"])))
     cli.print_rows(rows)
@@ -994,11 +997,12 @@ def quantize_stage(model, stem, x_train, y_train, x_test, y_test):
 
     from tfcompress import export
     from tfcompress.quantization import float_layers as mixed_float_layers
+    from tfcompress.quantization import int16_layers as mixed_int16_layers
     from tfcompress.quantization import quantize_model
 
     if FLAGS.quantize == "none":
         return {}
-    float_layers = []
+    float_layers, wide_layers = [], []
     stage(f"[7/7] int8 ({FLAGS.quantize})")
     calibration = x_train[: FLAGS.calibration_examples]
     try:
@@ -1011,6 +1015,7 @@ def quantize_stage(model, stem, x_train, y_train, x_test, y_test):
                     model, precision="auto", max_accuracy_drop=FLAGS.max_accuracy_drop,
                     data=(x_train[held], y_train[held]))
                 float_layers = mixed_float_layers(reference)
+                wide_layers = mixed_int16_layers(reference)
             else:
                 reference = quantize_model(model)
             # With --teacher the QAT model learns from it too (soft targets only: the
@@ -1029,8 +1034,10 @@ def quantize_stage(model, stem, x_train, y_train, x_test, y_test):
         print(f"      int8 export is not available for this model: {error}")
         return {"error": str(error)}
     source = f"{stem}_qat.keras" if FLAGS.quantize == "qat" else f"{stem}.keras"
-    kind = ("integer-only int8 file" if not float_layers else
-            f"int8 file with float {', '.join(float_layers)} (mixed precision)")
+    mixed = [f"16x8 {', '.join(wide_layers)}"] if wide_layers else []
+    mixed += [f"float {', '.join(float_layers)}"] if float_layers else []
+    kind = (f"int8 file with {' and '.join(mixed)} (mixed precision)" if mixed
+            else "integer-only int8 file")
     path = OUT.path(stem + "_int8.tflite", f"{kind}, exported from {source}")
     write_atomic(path, tflite)
     parity = export.verify(tflite, reference, x_test[: FLAGS.verify_examples])
@@ -1041,7 +1048,8 @@ def quantize_stage(model, stem, x_train, y_train, x_test, y_test):
           f"argmax agreement {parity['argmax_agreement']:.4f}")
     result = {"mode": FLAGS.quantize, "path": path, "file": os.path.basename(path),
               "exported_from": source, "bytes": len(tflite),
-              "test_accuracy": accuracy, "parity": parity, "float_layers": float_layers}
+              "test_accuracy": accuracy, "parity": parity, "float_layers": float_layers,
+              "int16_layers": wide_layers}
     if FLAGS.quantize == "qat":
         result["history"] = qat_history
         result["model"] = reference

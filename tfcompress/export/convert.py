@@ -32,9 +32,10 @@ from tfcompress.export.checks import (
     layer_of,
     op_layer,
 )
+from tfcompress.export.int16_layers import Int16Layer, write_int16_layers
 from tfcompress.layers.adder import tflite_graph
 from tfcompress.quantization import ActivationQuantizer
-from tfcompress.quantization.api import float_boundaries, float_layers
+from tfcompress.quantization.api import float_boundaries, float_layers, int16_layers
 from tfcompress.quantization.quantizers import exported_as_identity
 
 __all__ = ["MODES", "to_tflite"]
@@ -123,6 +124,7 @@ def to_tflite(model, representative_data=None, *, int8_io=True, mode="int8"):
             "mode='int16x8'."
         )
     kept_float = _float_layers(model) if mode in _INTEGER_MODES else []
+    wide = int16_layers(model) if mode == "int8" and _is_qat(model) else []
     if mode == "int16x8" and kept_float:
         raise ValueError(
             f"Model {model.name!r} keeps layers float ({', '.join(map(repr, kept_float))}): "
@@ -142,10 +144,13 @@ def to_tflite(model, representative_data=None, *, int8_io=True, mode="int8"):
             signature["input_signature"] = [
                 tf.TensorSpec((None,) + tuple(shape[1:]), tf.float32, name=name)
             ]
-        boundaries = float_boundaries(model, kept_float) if kept_float else {}
+        # 16-bit layers are converted float, then rewritten as 16x8 operators.
+        boundaries = float_boundaries(model, kept_float + wide) if kept_float or wide else {}
+        wrappers = {name: ModelGraph(model).layer_named(name) for name in wide}
         # AdderConv's |x - w| as LEAKY_RELU, which XNNPACK runs in int8; the
-        # quantizers after float layers are written into the calibrated file.
-        with tflite_graph(), exported_as_identity(boundaries):
+        # quantizers after float and 16-bit layers are written into the calibrated file.
+        with tflite_graph(), exported_as_identity(
+                list(boundaries) + [w.output_quantizer for w in wrappers.values()]):
             model.export(saved, format="tf_saved_model", verbose=False, **signature)
         converter = tf.lite.TFLiteConverter.from_saved_model(saved)
         if mode != "float32":
@@ -174,8 +179,8 @@ def to_tflite(model, representative_data=None, *, int8_io=True, mode="int8"):
             converter.inference_input_type = io_type
             converter.inference_output_type = io_type
         try:
-            if kept_float:
-                tflite = _mixed_int8(converter, kept_float, boundaries, int8_io)
+            if kept_float or wide:
+                tflite = _mixed_int8(converter, kept_float + wide, boundaries, int8_io)
             else:
                 tflite = converter.convert()
         except Exception as err:
@@ -184,6 +189,8 @@ def to_tflite(model, representative_data=None, *, int8_io=True, mode="int8"):
             raise ValueError(_int16x8_refusal(model, err, saved)) from err
     if mode == "int16x8":
         tflite = int64_biases(tflite)
+    if wide:
+        tflite = _int16_rewrite(tflite, wrappers, boundaries)
     if mode in _INTEGER_MODES:
         check_integer_only(tflite, model, float_layers=kept_float)
     return tflite
@@ -194,6 +201,42 @@ def _float_layers(model):
     if not _is_qat(model) or not is_graph_model(model):
         return []
     return float_layers(model)
+
+
+def _int16_rewrite(tflite, wrappers, boundaries):
+    """The mixed file with the 16-bit layers' float operators written as 16x8 ones."""
+    from ai_edge_litert.interpreter import Interpreter
+
+    requantizers = {chain[0]: q for q, chain in boundaries.items() if chain[0] in wrappers}
+    specs = {}
+    for name, wrapper in wrappers.items():
+        requant, source = requantizers.get(name), wrapper.input_quantizer
+        specs[name] = Int16Layer(
+            wrapper.per_channel, _range(wrapper.output_quantizer),
+            None if requant is None else _range(requant),
+            None if source is None or source.num_bits != 8 else _range(source),
+        )
+    interpreter = Interpreter(model_content=tflite)
+    tensors = {t["index"]: t["name"] for t in interpreter.get_tensor_details()}
+    all_ops = interpreter._get_ops_details()
+    produced = {i for op in all_ops for i in op["outputs"]}
+    op_layers = {}
+    for index in sorted(float_operators(all_ops, tensors, list(wrappers))):
+        layer = op_layer(all_ops[index], tensors, produced, list(wrappers))
+        if layer is None:  # an unnamed operator behind a 16-bit one
+            raise ValueError(
+                f"A {all_ops[index]['op_name']} operator computes on a 16-bit layer's "
+                "output without its own quantizer; annotate the layer after it too."
+            )
+        op_layers[index] = layer
+    missing = sorted(set(wrappers) - set(op_layers.values()))
+    if missing:
+        raise ValueError(f"No operator of the file comes from 16-bit layers {missing}.")
+    return write_int16_layers(tflite, specs, op_layers)
+
+
+def _range(quantizer):
+    return tuple(float(np.asarray(b)) for b in quantizer._bounds())
 
 
 def _mixed_int8(converter, kept_float, boundaries, int8_io):
@@ -221,7 +264,7 @@ def _mixed_int8(converter, kept_float, boundaries, int8_io):
     # The quantizer after each float layer, by the layers of its chain (nearest first).
     by_layer = {}
     for quantizer, chain in boundaries.items():
-        lo, hi = (float(np.asarray(b)) for b in quantizer._bounds())
+        lo, hi = _range(quantizer)
         for name in chain:
             by_layer.setdefault(name, (lo, hi))
     produced = {i for op in all_ops for i in op["outputs"]}

@@ -39,18 +39,20 @@ Dropout, ZeroPadding, Cropping, Permute, and every tfcompress layer: GhostConv, 
 + a conv on +/-1 inputs), TernaryConv/TernaryDense (their alpha * W_t kernel
 int8-quantized; per output channel exactly) and AdderConv/AdderDense
 (`QuantizeAdderWrapper`). A layer annotated "float" (`quantize_annotate_layer`)
-stays float in the QAT model and in its int8 file (mixed precision).
+stays float in the QAT model and in its int8 file, one annotated 16 runs as a 16x8
+operator there (int16 activations, int8 weights): mixed precision.
 Functional and Sequential models, with several inputs and outputs, nested models
 (flattened) and shared layers; subclassed models cannot be cloned by Keras and
 raise a ValueError.
 """
 
 from tfcompress.quantization.annotate import QUANTIZE_CHOICES, quantize_annotate_layer
-from tfcompress.quantization.api import float_layers, quantize_model
+from tfcompress.quantization.api import float_layers, int16_layers, quantize_model
 from tfcompress.quantization.quantizers import ActivationQuantizer, fake_quant_weights
 from tfcompress.quantization.sensitivity import (
     QuantizationSensitivity,
     choose_float_layers,
+    choose_precisions,
     quantization_sensitivity,
 )
 from tfcompress.quantization.wrappers import (
@@ -67,8 +69,10 @@ __all__ = [
     "QuantizeBatchNorm",
     "QuantizeWrapper",
     "choose_float_layers",
+    "choose_precisions",
     "fake_quant_weights",
     "float_layers",
+    "int16_layers",
     "quantization_sensitivity",
     "quantize_annotate_layer",
     "quantize_model",

@@ -1,12 +1,12 @@
 """Per-layer choices for `quantize_model`: int8 with weight scales per channel or per
-tensor, or float (a mixed-precision file)."""
+tensor, 16x8 (int16 activations) or float: a mixed-precision file."""
 
 import weakref
 
 __all__ = ["QUANTIZE_CHOICES", "annotation_of", "clear_annotation", "quantize_annotate_layer"]
 
 _ANNOTATIONS = weakref.WeakKeyDictionary()
-QUANTIZE_CHOICES = ("per_channel", "per_tensor", "float", 8)
+QUANTIZE_CHOICES = ("per_channel", "per_tensor", "float", 8, 16)
 
 
 def quantize_annotate_layer(layer, scheme="per_channel"):
@@ -15,35 +15,34 @@ def quantize_annotate_layer(layer, scheme="per_channel"):
     Args:
         layer: a layer of the model that will be passed to `quantize_model`.
         scheme: the layer's precision: 8 (int8, the model's defaults),
-            "per_channel" or "per_tensor" (int8 with those weight scales), or
-            "float". A float Conv2D / DepthwiseConv2D / Dense / BatchNormalization
-            stays float with the BatchNormalization and activation that fuse into
-            it; its output is quantized again where int8 layers take it, and
-            `to_tflite(qat, mode="int8")` writes a mixed file: DEQUANTIZE, the
-            float operator, QUANTIZE at the trained range. Another layer kept
-            float leaves its output unquantized (an integer-only export then
-            names it). 16 is not a per-layer choice: TFLite's converter sets the
-            activation width for the whole model (quantize_model's
-            activation_bits=16); keep a layer that needs more than int8 float.
+            "per_channel" or "per_tensor" (int8 with those weight scales), 16, or
+            "float".
+            16: a Conv2D / DepthwiseConv2D / Dense (with the BatchNormalization
+            and ReLU / ReLU6 that fuse into it) runs as TFLite's 16x8 operator
+            inside the int8 file: int8 weights per channel, int16 activations
+            (symmetric, zero point 0), int64 bias. Its int8 input is requantized
+            exactly to int16 (1/128 of the int8 scale); its output stays int16
+            into other 16-bit layers and is requantized to int8 (QUANTIZE, at a
+            trained range) for every other consumer and a model output.
+            "float": a Conv2D / DepthwiseConv2D / Dense / BatchNormalization
+            stays float with the BatchNormalization and activation that fuse
+            into it; its output is quantized again where int8 layers take it,
+            and `to_tflite(qat, mode="int8")` writes DEQUANTIZE, the float
+            operator, QUANTIZE at the trained range. Another layer kept float
+            leaves its output unquantized (an integer-only export then names it).
 
     Returns:
         The same layer, annotated.
 
     Raises:
-        ValueError: for an unknown scheme, or 16.
+        ValueError: for an unknown scheme (`quantize_model` names a layer that
+            cannot take 16 bits).
 
     Example:
         >>> quantize_annotate_layer(model.get_layer("fc1"), "float")
-        >>> qat = quantize_model(model)      # fc1 float, the rest int8
+        >>> quantize_annotate_layer(model.get_layer("conv1"), 16)
+        >>> qat = quantize_model(model)      # fc1 float, conv1 16x8, the rest int8
     """
-    if scheme == 16 and not isinstance(scheme, bool):
-        raise ValueError(
-            f"Layer {layer.name!r}: 16-bit activations are a whole-model choice in TFLite "
-            "(its converter quantizes every operator at one activation width): use "
-            "quantize_model(model, activation_bits=16) for 16x8, or keep this layer at "
-            "higher precision with quantize_annotate_layer(layer, 'float'). Received: "
-            "scheme=16"
-        )
     if isinstance(scheme, bool) or scheme not in QUANTIZE_CHOICES:
         raise ValueError(
             f"`scheme` must be one of {', '.join(repr(c) for c in QUANTIZE_CHOICES)}. "

@@ -14,11 +14,7 @@ from tfcompress.core.graph import ModelGraph, check_model, is_subclassed
 from tfcompress.core.rewrite import fresh_copy, rebuild
 from tfcompress.layers import Sign
 from tfcompress.lowering import lower_model
-from tfcompress.quantization.annotate import (
-    annotation_of,
-    clear_annotation,
-    quantize_annotate_layer,
-)
+from tfcompress.quantization.annotate import annotation_of
 from tfcompress.quantization.plan import activation_of, plan_fusions
 from tfcompress.quantization.quantizers import (
     ACTIVATION_BITS,
@@ -43,7 +39,7 @@ from tfcompress.quantization.wrappers import (
     QuantizeWrapper,
 )
 
-__all__ = ["PRECISIONS", "float_boundaries", "float_layers", "quantize_model"]
+__all__ = ["PRECISIONS", "float_boundaries", "float_layers", "int16_layers", "quantize_model"]
 
 
 PRECISIONS = (8, "auto")
@@ -114,17 +110,19 @@ def quantize_model(
             otherwise) or "auto": mixed precision from
             `tfcompress.analysis.quantization_sensitivity(model, data)`: each
             weighted layer's accuracy drop when it alone is int8 is measured (no
-            training), and the most sensitive layers are kept float until the
+            training), the most sensitive layers are kept out of int8 until the
             drops of the int8 layers add up to at most `max_accuracy_drop`
-            (`choose_float_layers`). `to_tflite(qat, mode="int8")` then writes a
-            file that mixes int8 and float operators; `float_layers(qat)` lists
-            the float ones.
+            (`choose_float_layers`), and each of those is made 16x8 where the
+            whole mixed model, measured, stays within the budget, else float
+            (`choose_precisions`). `to_tflite(qat, mode="int8")` then writes a
+            file that mixes int8, 16x8 and float operators; `int16_layers(qat)`
+            and `float_layers(qat)` list them.
         max_accuracy_drop: the budget of precision="auto", in [0, 1) (0.01 =
             one point of top-1 accuracy on `data`).
         data: (x, y) for precision="auto": inputs and integer labels the
             sensitivity is measured on (a validation split).
-        verbose: 1 for precision="auto"'s progress bar and the layers it keeps
-            float, 0 for silence.
+        verbose: 1 for precision="auto"'s progress bars and the layers it keeps
+            at 16 bits or float, 0 for silence.
 
     Returns:
         A new functional `keras.Model` (uncompiled) with the model's input and
@@ -188,6 +186,8 @@ def quantize_model(
         graph.name_of(layer): annotation_of(layer) for layer in graph.layers
         if annotation_of(layer) is not None
     }
+    if activation_bits == 16:  # every layer is 16x8 already
+        schemes = {name: s for name, s in schemes.items() if not (s == 16 and s is not True)}
     lowered = ModelGraph(lower_model(model))
     plan = plan_fusions(lowered, fold_batchnorm, schemes)
     shared_quantizers = {}  # Concatenate name -> its ActivationQuantizer
@@ -254,6 +254,7 @@ def quantize_model(
             return output_quantizer(name, original, out, node)
         if name in plan.fused:
             bn, act, quantize_output = plan.fused[name]
+            wide = name in plan.wide  # 16x8: int16 output, int8 weights
             out = once(
                 name,
                 lambda: QuantizeWrapper(
@@ -261,11 +262,12 @@ def quantize_model(
                     batchnorm=None if bn is None else fresh_copy(bn),
                     activation=act,
                     quantize_output=quantize_output,
-                    per_channel=per_channel if scheme is None else scheme == "per_channel",
+                    per_channel=per_channel if scheme in (None, 16) else (
+                        scheme == "per_channel"),
                     ema_decay=ema_decay,
                     init_range=init_range,
-                    activation_bits=activation_bits,
-                    weight_bits=weight_bits,
+                    activation_bits=16 if wide else activation_bits,
+                    weight_bits=8 if wide else weight_bits,
                     range_learning=range_learning,
                     batch_statistics=batch_statistics,
                     name=f"quant_{name}",
@@ -273,6 +275,15 @@ def quantize_model(
                 args, kwargs,
                 lambda w: [(original, w.layer)] + ([] if bn is None else [(bn, w.batchnorm)]),
             )
+            if name in plan.wide_outputs:  # int16 -> int8 where the 8-bit layers take it
+                return once(
+                    f"requant_{name}",
+                    lambda: ActivationQuantizer(
+                        ema_decay, init_range=init_range, range_learning=range_learning,
+                        name=f"requant_{name}",
+                    ),
+                    (out,), {} if node.training is None else {"training": node.training},
+                )
             return share(name, out) if name in plan.concat_shared else out
         if role in ("adder", "batchnorm") and scheme != "float" and (
                 activation_bits != 8 or (weight_bits != 8 and role == "adder")):
@@ -339,10 +350,11 @@ def quantize_model(
 
 
 def _mixed_precision(model, max_accuracy_drop, data, verbose, **quantize_kwargs):
-    """quantize_model(precision="auto"): the most sensitive layers kept float."""
+    """quantize_model(precision="auto"): the most sensitive layers at 16 bits or float."""
     from tfcompress.quantization.sensitivity import (
+        annotated,
         check_accuracy_budget,
-        choose_float_layers,
+        choose_precisions,
         quantization_sensitivity,
     )
 
@@ -354,30 +366,24 @@ def _mixed_precision(model, max_accuracy_drop, data, verbose, **quantize_kwargs)
         )
     if quantize_kwargs["activation_bits"] != 8:
         raise ValueError(
-            "precision='auto' keeps sensitive layers float in an int8 file; with "
-            f"activation_bits={quantize_kwargs['activation_bits']} every operator is "
+            "precision='auto' keeps sensitive layers at 16 bits or float in an int8 file; "
+            f"with activation_bits={quantize_kwargs['activation_bits']} every operator is "
             "already 16x8. Use activation_bits=8 with precision='auto'."
         )
     result = quantization_sensitivity(model, data, verbose=verbose, **quantize_kwargs)
-    keep = choose_float_layers(result, max_accuracy_drop)
-    graph = ModelGraph(model)
-    chosen = [graph.layer_named(name) for name in keep]
-    before = [annotation_of(layer) for layer in chosen]
-    try:
-        for layer in chosen:
-            quantize_annotate_layer(layer, "float")
-        qat = quantize_model(model, **quantize_kwargs)
-    finally:
-        for layer, scheme in zip(chosen, before):
-            if scheme is None:
-                clear_annotation(layer)
-            else:
-                quantize_annotate_layer(layer, scheme)
     if verbose:
         each = ", ".join(f"{n} {100 * d:+.2f}" for n, d in result.drops.items())
         print(f"accuracy drop (pt) with each layer alone int8: {each}")
-        kept = ", ".join(keep) or "none"
-        print(f"precision='auto' (budget {100 * max_accuracy_drop:.2f} pt): float: {kept}")
+    chosen = choose_precisions(model, data, result, max_accuracy_drop, verbose=verbose,
+                               **quantize_kwargs)
+    graph = ModelGraph(model)
+    with annotated({name: graph.layer_named(name) for name in chosen}, chosen):
+        qat = quantize_model(model, **quantize_kwargs)
+    if verbose:
+        wide = ", ".join(n for n, p in chosen.items() if p == 16) or "none"
+        kept = ", ".join(n for n, p in chosen.items() if p == "float") or "none"
+        print(f"precision='auto' (budget {100 * max_accuracy_drop:.2f} pt): 16-bit: {wide}; "
+              f"float: {kept}")
     return qat
 
 
@@ -434,4 +440,31 @@ def float_layers(qat_model):
         if quantization_role(layer) in ("weights", "batchnorm") or (producers and all(
                 p is not None and graph.name_of(p.layer) in found for p in producers)):
             found.append(graph.name_of(layer))
+    return found
+
+
+def int16_layers(qat_model):
+    """Names of the 16-bit layers of an int8 QAT model (`quantize_annotate_layer(layer, 16)`).
+
+    Their `QuantizeWrapper`s have 16-bit activations while the model's own
+    quantizers are int8; `to_tflite(qat, mode="int8")` writes them as TFLite's
+    16x8 operators (int16 activations, int8 weights, int64 bias).
+
+    Args:
+        qat_model: a model made by `quantize_model`.
+
+    Returns:
+        The wrappers' names, graph order (empty for an all-int8 or all-16x8 model).
+    """
+    graph = ModelGraph(qat_model)
+    bits = {node.layer.num_bits for node in graph.nodes
+            if isinstance(node.layer, ActivationQuantizer)}
+    if 8 not in bits:
+        return []
+    found = []
+    for node in graph.nodes:
+        name = graph.name_of(node.layer)
+        if isinstance(node.layer, QuantizeWrapper) and node.layer.activation_bits == 16 and (
+                name not in found):
+            found.append(name)
     return found

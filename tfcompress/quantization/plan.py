@@ -62,6 +62,12 @@ class FusionPlan:
         float_outputs: the floated layers whose output is quantized again (it
             feeds a quantized layer or is a model output): the last layer of each
             float chain, unless a Concatenate quantizes it.
+        wide: names of the weighted layers annotated 16 (int16 activations, int8
+            weights: TFLite's 16x8 operators inside an int8 file); they are in
+            `fused` too.
+        wide_outputs: the `wide` layers whose output is requantized to int8 (a
+            consumer is neither a 16-bit nor a float layer, or it is a model
+            output); between 16-bit layers the values stay int16.
     """
 
     fused: dict
@@ -71,6 +77,8 @@ class FusionPlan:
     batchnorm_activations: dict
     floated: set = dataclasses.field(default_factory=set)
     float_outputs: set = dataclasses.field(default_factory=set)
+    wide: set = dataclasses.field(default_factory=set)
+    wide_outputs: set = dataclasses.field(default_factory=set)
 
 
 def plan_fusions(graph, fold_batchnorm, schemes):
@@ -82,10 +90,15 @@ def plan_fusions(graph, fold_batchnorm, schemes):
     Args:
         graph: the `ModelGraph` of the lowered model.
         fold_batchnorm: fold a BatchNormalization into the weighted layer before it.
-        schemes: {layer name: "per_channel" | "per_tensor" | "float"} annotations.
+        schemes: {layer name: "per_channel" | "per_tensor" | "float" | 16} annotations.
 
     Returns:
         A `FusionPlan`.
+
+    Raises:
+        ValueError: for a layer annotated 16 that TFLite cannot run in 16x8 inside
+            an int8 file (not a Conv2D / DepthwiseConv2D / Dense, called more than
+            once, a softmax / sigmoid output, or feeding a Concatenate).
     """
     def single_node(layer):
         nodes = graph.nodes_of(layer)
@@ -128,6 +141,7 @@ def plan_fusions(graph, fold_batchnorm, schemes):
 
     fused, absorbed, concat_fed, concat_shared = {}, set(), set(), {}
     floated, float_outputs, float_tails = set(), set(), {}
+    wide, wide_outputs = {}, set()  # 16-bit layer -> the last layer of its fused chain
     for layer in graph.layers:
         if concat_behind(layer) is not None:
             concat_fed.add(layer.name)
@@ -155,6 +169,8 @@ def plan_fusions(graph, fold_batchnorm, schemes):
         if users is None or any(u.name not in floated for u in users):
             float_outputs.add(name)
     for layer in graph.layers:
+        if _is_wide(schemes.get(layer.name)) and quantization_role(layer) != "weights":
+            _check_wide(layer, single_node(layer), None, False)
         if quantization_role(layer) != "weights" or layer.name in floated or (
                 schemes.get(layer.name) == "float"):
             continue
@@ -169,6 +185,15 @@ def plan_fusions(graph, fold_batchnorm, schemes):
         shared = layer.name in concat_shared
         fused[layer.name] = (bn, act, tail.name not in concat_fed and not shared)
         absorbed.update(x.name for x in (bn, tail) if x is not None and x is not layer)
+        if _is_wide(schemes.get(layer.name)):
+            own = activation_name(getattr(layer, "activation", None))
+            _check_wide(layer, node, own if act == "linear" else act,
+                        tail.name in concat_fed or shared)
+            wide[layer.name] = tail
+    for name, tail in wide.items():
+        users = consumers(tail)
+        if users is None or any(u.name not in wide and u.name not in floated for u in users):
+            wide_outputs.add(name)
     batchnorm_activations = {}
     for layer in graph.layers:
         if (not isinstance(layer, layers.BatchNormalization) or layer.name in absorbed
@@ -186,4 +211,30 @@ def plan_fusions(graph, fold_batchnorm, schemes):
         if nxt.name in concat_shared:
             concat_shared[layer.name] = concat_shared.pop(nxt.name)
     return FusionPlan(fused, absorbed, concat_fed, concat_shared, batchnorm_activations,
-                      floated, float_outputs)
+                      floated, float_outputs, set(wide), wide_outputs)
+
+
+def _is_wide(scheme):
+    return scheme == 16 and not isinstance(scheme, bool)
+
+
+def _check_wide(layer, node, activation, concatenated):
+    """Raises a ValueError unless `layer` can run as a 16x8 operator in an int8 file."""
+    why = None
+    if not isinstance(layer, (layers.Conv2D, layers.DepthwiseConv2D, layers.Dense)) or (
+            type(layer).__module__.startswith("tfcompress")):
+        why = (f"it is a {type(layer).__name__}; 16 bits takes Conv2D, DepthwiseConv2D "
+               "and Dense")
+    elif node is None:
+        why = "it is called more than once"
+    elif activation in FIXED_RANGE_ACTIVATIONS:
+        why = (f"its {activation} output has TFLite's fixed int8 range; put the 16-bit "
+               "layer before it")
+    elif concatenated:
+        why = "it feeds a Concatenate, which quantizes its inputs at the concatenation's int8 scale"
+    if why:
+        raise ValueError(
+            f"Layer {layer.name!r} cannot be annotated 16 (int16 activations, int8 "
+            f"weights): {why}. Keep it float with quantize_annotate_layer(layer, 'float') "
+            "or at 8 bits."
+        )

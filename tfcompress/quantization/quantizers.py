@@ -22,6 +22,7 @@ __all__ = [
     "FIXED_RANGE",
     "FIXED_RANGE_ACTIVATIONS",
     "FUSABLE_ACTIVATIONS",
+    "INT8_TO_INT16",
     "RANGE_LEARNING",
     "SIGN_RANGE",
     "WEIGHT_BITS",
@@ -68,6 +69,9 @@ def weight_bound(kernel, per_channel, channel_axis=-1):
 # (int8, int16 as in TFLite's 16x8 mode).
 WEIGHT_BITS = (8, 4)
 ACTIVATION_BITS = (8, 16)
+# A 16-bit layer in an int8 file reads its int8 input requantized to int16 at this
+# fraction of the int8 scale: q16 = 128 (q8 - z8) is exact and within int16.
+INT8_TO_INT16 = 128
 # How an activation range is found: a moving average of the batches' min / max, or
 # learned by gradient descent (LSQ's step size, PACT's clipping level).
 RANGE_LEARNING = ("ema", "lsq", "pact")

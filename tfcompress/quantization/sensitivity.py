@@ -6,10 +6,12 @@ float with `quantize_annotate_layer(layer, "float")`, their outputs quantized
 again where an int8 layer takes them, as in the mixed file), sets its ranges from the
 data (a few training-mode passes; the BatchNorm statistics those passes move
 are put back), and measures top-1 accuracy in inference mode. No training.
-`choose_float_layers` turns the drops into the set of layers to keep float
-for an accuracy budget (`quantize_model(..., precision="auto")`).
+`choose_float_layers` turns the drops into the set of layers to keep out of
+int8 for an accuracy budget, and `choose_precisions` tries each of them at 16
+bits, measuring the whole mixed model (`quantize_model(..., precision="auto")`).
 """
 
+import contextlib
 import dataclasses
 
 import keras
@@ -25,8 +27,10 @@ from tfcompress.quantization.roles import quantization_role
 
 __all__ = [
     "QuantizationSensitivity",
+    "annotated",
     "check_accuracy_budget",
     "choose_float_layers",
+    "choose_precisions",
     "quantization_sensitivity",
 ]
 
@@ -78,6 +82,53 @@ def weighted_layer_names(model):
             if quantization_role(layer) == "weights"]
 
 
+@contextlib.contextmanager
+def annotated(layers, schemes):
+    """Within the block the named layers carry `schemes` ({name: scheme}; None: the
+    defaults); their annotations before are restored after it.
+
+    Args:
+        layers: {name: layer} of the model's layers that may be annotated.
+        schemes: {name: scheme or None}.
+    """
+    before = {name: annotation_of(layer) for name, layer in layers.items()}
+    try:
+        for name, scheme in schemes.items():
+            if scheme is None:
+                clear_annotation(layers[name])
+            else:
+                quantize_annotate_layer(layers[name], scheme)
+        yield
+    finally:
+        for name, layer in layers.items():
+            if before[name] is None:
+                clear_annotation(layer)
+            else:
+                quantize_annotate_layer(layer, before[name])
+
+
+def _weighted_layers(model):
+    graph = ModelGraph(model)
+    return {name: graph.layer_named(name) for name in weighted_layer_names(model)}
+
+
+def _calibrated_accuracy(model, x, y, batch_size, calibration_batches, quantize_kwargs):
+    """Accuracy of `quantize_model(model)` with its ranges set from `x` (no training)."""
+    from tfcompress.quantization.api import quantize_model
+
+    # Ranges from the data: they start at the first batch (a start at init_range
+    # would barely move in a few passes with a slow moving average).
+    qat = quantize_model(model, **dict(quantize_kwargs, init_range=None))
+    _calibrate(qat, x, batch_size, calibration_batches)
+    return _accuracy(qat, x, y, batch_size)
+
+
+def _examples(data):
+    if not (isinstance(data, tuple) and len(data) == 2):
+        raise ValueError("`data` must be (x, y): the examples the accuracy is measured on.")
+    return np.asarray(data[0], np.float32), np.asarray(data[1]).reshape(-1)
+
+
 def quantization_sensitivity(model, data, *, batch_size=128, calibration_batches=4,
                              verbose=1, **quantize_kwargs):
     """Accuracy with each weighted layer alone quantized to int8 (no training).
@@ -102,39 +153,82 @@ def quantization_sensitivity(model, data, *, batch_size=128, calibration_batches
         >>> list(result.drops)[:2]    # the two most sensitive layers
         ['conv1', 'fc2']
     """
-    from tfcompress.quantization.api import quantize_model
-
-    if not (isinstance(data, tuple) and len(data) == 2):
-        raise ValueError("`data` must be (x, y): the examples the accuracy is measured on.")
+    x, y = _examples(data)
     check_model(model, "quantization_sensitivity")
-    x = np.asarray(data[0], np.float32)
-    y = np.asarray(data[1]).reshape(-1)
-    names = weighted_layer_names(model)
-    if not names:
+    layers = _weighted_layers(model)
+    if not layers:
         raise ValueError(f"Model {model.name!r} has no weighted layer to quantize.")
-    graph = ModelGraph(model)
-    layers = {name: graph.layer_named(name) for name in names}
-    before = {name: annotation_of(layer) for name, layer in layers.items()}
     result = QuantizationSensitivity(_accuracy(model, x, y, batch_size), {})
-    progress = keras.utils.Progbar(len(names), verbose=verbose, unit_name="layer")
-    try:
-        for i, name in enumerate(names):
-            for other, layer in layers.items():
-                if other == name:
-                    clear_annotation(layer)
-                else:
-                    quantize_annotate_layer(layer, "float")
-            qat = quantize_model(model, **quantize_kwargs)
-            _calibrate(qat, x, batch_size, calibration_batches)
-            result.accuracy[name] = _accuracy(qat, x, y, batch_size)
-            progress.update(i + 1)
-    finally:
-        for name, layer in layers.items():
-            if before[name] is None:
-                clear_annotation(layer)
-            else:
-                quantize_annotate_layer(layer, before[name])
+    progress = keras.utils.Progbar(len(layers), verbose=verbose, unit_name="layer")
+    for i, name in enumerate(layers):
+        alone = {other: None if other == name else "float" for other in layers}
+        with annotated(layers, alone):
+            result.accuracy[name] = _calibrated_accuracy(
+                model, x, y, batch_size, calibration_batches, quantize_kwargs)
+        progress.update(i + 1)
     return result
+
+
+def choose_precisions(model, data, sensitivity, max_accuracy_drop, *, batch_size=128,
+                      calibration_batches=4, verbose=1, **quantize_kwargs):
+    """Per-layer precision for an accuracy budget: int8, 16x8 where it suffices, else float.
+
+    The layers `choose_float_layers` keeps out of int8 start float. Then, most
+    sensitive first, each is tried at 16 bits (`quantize_annotate_layer(layer,
+    16)`; skipped where TFLite cannot run it in 16x8): the whole mixed model is
+    calibrated and measured (no training), and 16 stays when the model's
+    accuracy drop is at most `max_accuracy_drop` (or no worse than with the
+    layer float). A 16-bit layer's output is int16 only into 16-bit and float
+    layers (int8 layers take it requantized), so 16 helps a run of sensitive
+    layers more than a lone one: measuring the whole model sees that.
+
+    Args:
+        model: a built functional or Sequential float classifier (unchanged).
+        data: (x, y) to calibrate on and measure with (integer labels).
+        sensitivity: its `QuantizationSensitivity` on `data`.
+        max_accuracy_drop: the budget, in [0, 1) (0.01 = one point).
+        batch_size, calibration_batches: as `quantization_sensitivity`.
+        verbose: 1 for a progress bar over the layers tried at 16 bits.
+        **quantize_kwargs: passed to `quantize_model`.
+
+    Returns:
+        {layer name: 16 or "float"} for the layers kept out of int8, most
+        sensitive first (empty when every layer fits int8).
+
+    Raises:
+        ValueError: for a budget outside [0, 1) or data that is not (x, y).
+
+    Example:
+        >>> result = quantization_sensitivity(model, (x_val, y_val))
+        >>> choose_precisions(model, (x_val, y_val), result, 0.005)
+        {'fc1': 16, 'fc2': 'float'}
+    """
+    x, y = _examples(data)
+    keep = choose_float_layers(sensitivity, max_accuracy_drop)
+    chosen = {name: "float" for name in keep}
+    if not keep:
+        return chosen
+    layers = _weighted_layers(model)
+
+    def accuracy(schemes):
+        with annotated(layers, schemes):
+            return _calibrated_accuracy(model, x, y, batch_size, calibration_batches,
+                                        quantize_kwargs)
+
+    current = accuracy(chosen)
+    progress = keras.utils.Progbar(len(keep), verbose=verbose, unit_name="layer")
+    for i, name in enumerate(keep):
+        trial = dict(chosen, **{name: 16})
+        try:
+            acc = accuracy(trial)
+        except ValueError:  # not a 16x8 layer (a softmax output, a BatchNormalization...)
+            acc = None
+        drop = None if acc is None else sensitivity.baseline - acc
+        if drop is not None and drop <= max(
+                max_accuracy_drop, sensitivity.baseline - current) + 1e-12:
+            chosen, current = trial, acc
+        progress.update(i + 1)
+    return chosen
 
 
 def check_accuracy_budget(max_accuracy_drop):

@@ -42,6 +42,7 @@ from tfcompress.quantization.quantizers import (
     FIXED_RANGE,
     FIXED_RANGE_ACTIVATIONS,
     FUSABLE_ACTIVATIONS,
+    INT8_TO_INT16,
     WEIGHT_BITS,
     ActivationQuantizer,
     activation_name,
@@ -270,6 +271,10 @@ class QuantizeWrapper(layers.Layer):
         stored, per_channel = self._kernel_as_stored(kernel)
         step = quantizer.scale() * weight_bound(stored, per_channel) / weight_levels(
             self.weight_bits)
+        if self.activation_bits == 16 and quantizer.num_bits == 8:
+            # A 16-bit layer in an int8 file: its int8 input is requantized exactly to
+            # int16 at 1/128 of the int8 scale (`export.int16_layers`).
+            step = step / INT8_TO_INT16
         return ops.round(bias / step) * step
 
     def __call__(self, inputs, *args, **kwargs):
