@@ -291,6 +291,9 @@ def test_profile_counts_16_bit_layers(cnn16):
     # 8 int8 weights per output channel-tap; int64 bias at 16 bits, int32 at 8.
     assert c2["param_bits"] == 3 * 3 * 8 * 8 * 8 + 8 * 64
     assert c3["param_bits"] == 3 * 3 * 8 * 8 * 8 + 8 * 32
+    # Accumulator: int16 inputs, fan-in 72: 8 + 16 + ceil(log2 72) = 31 bits by the rule.
+    assert (c2["activation_bits"], c2["fan_in"], c2["accumulator_bits_rule"]) == (16, 72, 31)
+    assert (c3["activation_bits"], c3["accumulator_bits_rule"]) == (8, 23)
 
 
 def test_16_with_activation_bits_16_is_the_whole_model(digits):
