@@ -11,6 +11,7 @@ import numpy_reference as ref
 import pytest
 from ai_edge_litert.interpreter import Interpreter, OpResolverType
 from keras import layers as L
+from mixed_helpers import annotated_qat, file_ops, mlp, trained
 
 from tfcompress import datasets
 from tfcompress.analysis import profile
@@ -26,20 +27,11 @@ from tfcompress.quantization import (
 )
 from tfcompress.quantization.annotate import annotation_of, clear_annotation
 
-LOSS = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
-
 
 @pytest.fixture(scope="module")
 def digits():
     (x, y), (x_test, y_test) = datasets.load("digits")
     return x, y, x_test, y_test
-
-
-def _mlp():
-    inputs = keras.Input((8, 8, 1))
-    h = L.Dense(24, activation="relu", name="fc1")(L.Flatten()(inputs))
-    h = L.Dense(16, activation="relu", name="fc2")(h)
-    return keras.Model(inputs, L.Dense(10, name="fc3")(h))
 
 
 def _cnn():
@@ -54,37 +46,12 @@ def _cnn():
 
 
 def _trained(build, digits, epochs=2, seed=0):
-    x, y, _, _ = digits
-    keras.utils.set_random_seed(seed)
-    model = build()
-    model.compile("adam", LOSS)
-    model.fit(x, y, epochs=epochs, batch_size=64, verbose=0)
-    return model
-
-
-def _qat(model, digits, schemes, **kwargs):
-    x, y, _, _ = digits
-    for name, scheme in schemes.items():
-        quantize_annotate_layer(model.get_layer(name), scheme)
-    try:
-        qat = quantize_model(model, **kwargs)
-    finally:
-        for name in schemes:
-            clear_annotation(model.get_layer(name))
-    qat.compile("adam", LOSS)
-    qat.fit(x, y, epochs=1, batch_size=64, verbose=0)
-    return qat
-
-
-def _ops(tflite):
-    interpreter = Interpreter(model_content=tflite)
-    tensors = {t["index"]: t for t in interpreter.get_tensor_details()}
-    return interpreter, tensors, interpreter._get_ops_details()
+    return trained(build, digits, epochs, seed)
 
 
 def _signature(tflite):
     """[(op, input dtype, output dtype)] of the file, in execution order."""
-    _, tensors, ops = _ops(tflite)
+    _, tensors, ops = file_ops(tflite)
     return [(op["op_name"], tensors[op["inputs"][0]]["dtype"].__name__,
              tensors[op["outputs"][0]]["dtype"].__name__) for op in ops
             if op["op_name"] not in ("SHAPE", "STRIDED_SLICE", "PACK", "RESHAPE")]
@@ -93,7 +60,7 @@ def _signature(tflite):
 @pytest.fixture(scope="module")
 def cnn16(digits):
     model = _trained(_cnn, digits)
-    qat = _qat(model, digits, {"c2": 16, "dw": 16})
+    qat = annotated_qat(model, digits, {"c2": 16, "dw": 16})
     return model, qat, to_tflite(qat)
 
 
@@ -114,7 +81,7 @@ def test_16_bit_layers_are_16x8_operators_inside_the_int8_file(cnn16):
         ("MEAN", "int8", "int8"),
         ("FULLY_CONNECTED", "int8", "int8"),
     ]
-    interpreter, tensors, ops = _ops(tflite)
+    interpreter, tensors, ops = file_ops(tflite)
     quantize, conv = ops[1], ops[2]
     s8 = tensors[quantize["inputs"][0]]["quantization_parameters"]["scales"][0]
     s16 = tensors[quantize["outputs"][0]]["quantization_parameters"]
@@ -198,8 +165,8 @@ def test_qat_inference_matches_a_numpy_twin(digits):
     """fc1 int8, fc2 16x8, fc3 int8: fc2 reads fc1's int8 output, its bias is on the
     grid s_in / 128 * s_w, its output is fake-quantized at 16 bits (symmetric,
     -32767..32767) and then at 8 bits (requant_fc2) for fc3."""
-    model = _trained(_mlp, digits)
-    qat = _qat(model, digits, {"fc2": 16})
+    model = _trained(mlp, digits)
+    qat = annotated_qat(model, digits, {"fc2": 16})
     x_test = digits[2].reshape(len(digits[2]), -1)
     weights = {n: qat.get_layer(f"quant_{n}").layer.get_weights() for n in ("fc1", "fc2", "fc3")}
 
@@ -239,8 +206,8 @@ def test_qat_inference_matches_a_numpy_twin(digits):
 def test_a_16_bit_output_layer(digits, int8_io):
     """The model output from a 16-bit layer: requantized to int8 (requant_fc3), then
     dequantized for a float output."""
-    model = _trained(_mlp, digits, epochs=1)
-    qat = _qat(model, digits, {"fc3": 16})
+    model = _trained(mlp, digits, epochs=1)
+    qat = annotated_qat(model, digits, {"fc3": 16})
     tflite = to_tflite(qat, int8_io=int8_io)
     tail = [op for op, _, _ in _signature(tflite)][-3:]
     assert tail == (["FULLY_CONNECTED", "QUANTIZE", "DEQUANTIZE"] if not int8_io
@@ -259,8 +226,8 @@ def test_a_16_bit_output_layer(digits, int8_io):
 
 def test_16_bit_beside_float_layers(digits):
     """fc1 float, fc2 16x8 (fed by fc1's requantized int8 output), fc3 int8."""
-    model = _trained(_mlp, digits, epochs=1)
-    qat = _qat(model, digits, {"fc1": "float", "fc2": 16})
+    model = _trained(mlp, digits, epochs=1)
+    qat = annotated_qat(model, digits, {"fc1": "float", "fc2": 16})
     assert float_layers(qat) == ["flatten", "fc1"] or float_layers(qat) == ["fc1"]
     assert int16_layers(qat) == ["quant_fc2"]
     tflite = to_tflite(qat)
@@ -297,7 +264,7 @@ def test_profile_counts_16_bit_layers(cnn16):
 
 
 def test_16_with_activation_bits_16_is_the_whole_model(digits):
-    model = _trained(_mlp, digits, epochs=1)
+    model = _trained(mlp, digits, epochs=1)
     quantize_annotate_layer(model.get_layer("fc2"), 16)
     try:
         qat = quantize_model(model, activation_bits=16)
@@ -353,7 +320,7 @@ def _outlier_mlp(digits):
     """A trained MLP with one fc1 unit stuck at 1000 (fc2 ignores it: the float model is
     unchanged): fc1's output range is [0, 1000], so an int8 step of ~3.9 wipes out the
     other units' values, while int16's step of ~0.03 keeps them."""
-    model = _trained(_mlp, digits)
+    model = _trained(mlp, digits)
     w1, b1 = model.get_layer("fc1").get_weights()
     w1[:, 0], b1[0] = 0.0, 1000.0
     model.get_layer("fc1").set_weights([w1, b1])

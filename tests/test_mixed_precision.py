@@ -11,6 +11,7 @@ import numpy_reference as ref
 import pytest
 from ai_edge_litert.interpreter import Interpreter
 from keras import layers as L
+from mixed_helpers import LOSS, annotated_qat, file_ops, mlp, trained
 
 from tfcompress import datasets
 from tfcompress.export import to_tflite, verify
@@ -22,8 +23,6 @@ from tfcompress.quantization import (
     quantize_model,
 )
 from tfcompress.quantization.annotate import annotation_of, clear_annotation
-
-LOSS = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
 
 
 @pytest.fixture(scope="module")
@@ -45,32 +44,11 @@ def _cnn():
 
 
 def _trained(build, digits, epochs=3, seed=0):
-    x, y, _, _ = digits
-    keras.utils.set_random_seed(seed)
-    model = build()
-    model.compile("adam", LOSS)
-    model.fit(x, y, epochs=epochs, batch_size=64, verbose=0)
-    return model
+    return trained(build, digits, epochs, seed)
 
 
 def _qat(model, digits, float_names):
-    x, y, _, _ = digits
-    for name in float_names:
-        quantize_annotate_layer(model.get_layer(name), "float")
-    try:
-        qat = quantize_model(model)
-    finally:
-        for name in float_names:
-            clear_annotation(model.get_layer(name))
-    qat.compile("adam", LOSS)
-    qat.fit(x, y, epochs=1, batch_size=64, verbose=0)
-    return qat
-
-
-def _ops(tflite):
-    interpreter = Interpreter(model_content=tflite)
-    tensors = {t["index"]: t for t in interpreter.get_tensor_details()}
-    return interpreter, tensors, interpreter._get_ops_details()
+    return annotated_qat(model, digits, dict.fromkeys(float_names, "float"))
 
 
 @pytest.fixture(scope="module")
@@ -91,7 +69,7 @@ def test_a_float_conv_keeps_its_batchnorm_and_relu(mixed_cnn):
 
 def test_the_file_mixes_int8_and_float_operators(mixed_cnn):
     _, qat, tflite = mixed_cnn
-    interpreter, tensors, ops = _ops(tflite)
+    interpreter, tensors, ops = file_ops(tflite)
     kinds = {}
     for op in ops:
         out = tensors[op["outputs"][0]]
@@ -123,18 +101,11 @@ def test_mixed_file_matches_the_qat_model(mixed_cnn, digits):
     assert reference["within_1_step"] >= 0.99 and reference["argmax_agreement"] >= 0.99
 
 
-def _mlp():
-    inputs = keras.Input((8, 8, 1))
-    h = L.Dense(24, activation="relu", name="fc1")(L.Flatten()(inputs))
-    h = L.Dense(16, activation="relu", name="fc2")(h)
-    return keras.Model(inputs, L.Dense(10, name="fc3")(h))
-
-
 def test_qat_inference_matches_a_numpy_twin(digits):
     """fc1 int8, fc2 float, fc3 int8: the float layer's input is fc1's int8 output
     (dequantized), its output is quantized again at quant_fc2's trained range."""
     x_test = digits[2].reshape(len(digits[2]), -1)
-    model = _trained(_mlp, digits)
+    model = _trained(mlp, digits)
     qat = _qat(model, digits, ["fc2"])
     (w1, b1), (w2, b2), (w3, b3) = (
         qat.get_layer(n).layer.get_weights() if n != "fc2" else qat.get_layer(n).get_weights()
@@ -168,22 +139,22 @@ def test_qat_inference_matches_a_numpy_twin(digits):
 
 
 def test_float_into_float_has_no_quantizer_between(digits):
-    model = _trained(_mlp, digits, epochs=1)
+    model = _trained(mlp, digits, epochs=1)
     qat = _qat(model, digits, ["fc1", "fc2"])
     names = [layer.name for layer in qat.layers]
     assert "quant_fc1" not in names and "quant_fc2" in names
     tflite = to_tflite(qat)
-    ops = _ops(tflite)[2]
+    ops = file_ops(tflite)[2]
     assert [op["op_name"] for op in ops].count("QUANTIZE") == 1  # after fc2 only
     assert verify(tflite, qat, digits[2])["within_1_step"] >= 0.99
 
 
 def test_a_float_output_layer_is_quantized_for_int8_output(digits):
-    model = _trained(_mlp, digits, epochs=1)
+    model = _trained(mlp, digits, epochs=1)
     qat = _qat(model, digits, ["fc3"])
     assert float_layers(qat) == ["fc3"]
     tflite = to_tflite(qat)
-    interpreter, _, ops = _ops(tflite)
+    interpreter, _, ops = file_ops(tflite)
     assert ops[-1]["op_name"] == "QUANTIZE"
     assert interpreter.get_output_details()[0]["dtype"] == np.int8
     assert verify(tflite, qat, digits[2])["within_1_step"] >= 0.99
@@ -214,7 +185,7 @@ def test_a_float_softmax_output_keeps_its_softmax_float(digits):
     qat.compile("adam", "sparse_categorical_crossentropy")
     qat.fit(x, y, epochs=1, verbose=0)
     tflite = to_tflite(qat)
-    _, tensors, ops = _ops(tflite)
+    _, tensors, ops = file_ops(tflite)
     kinds = [(op["op_name"], tensors[op["outputs"][0]]["dtype"]) for op in ops
              if op["op_name"] in ("FULLY_CONNECTED", "SOFTMAX", "QUANTIZE")]
     assert kinds == [("FULLY_CONNECTED", np.int8), ("FULLY_CONNECTED", np.float32),
@@ -262,7 +233,7 @@ def test_mixed_qat_model_round_trips_through_keras_file(mixed_cnn, digits, tmp_p
 def _damaged_mlp(digits):
     """A trained MLP whose fc2 int8 hurts: one huge weight (into a dead input
     unit, so the float model is unchanged) sets the per-tensor scale."""
-    model = _trained(_mlp, digits)
+    model = _trained(mlp, digits)
     h1 = keras.Model(model.input, model.get_layer("fc1").output).predict(digits[0], verbose=0)
     dead = int(np.argmin(h1.max(axis=0)))
     if h1[:, dead].max() > 0:  # make one unit dead: its incoming weights very negative
@@ -308,7 +279,7 @@ def test_precision_auto_keeps_the_sensitive_layer_float(digits):
 
 
 def test_bad_precision_inputs_are_named(digits):
-    model = _trained(_mlp, digits, epochs=1)
+    model = _trained(mlp, digits, epochs=1)
     data = (digits[2], digits[3])
     for bad in ("fp16", 4, True, None):
         with pytest.raises(ValueError, match=r"`precision` must be one of 8, 'auto'"):
@@ -331,7 +302,7 @@ def test_bad_precision_inputs_are_named(digits):
 
 
 def test_16x8_export_refuses_float_layers(digits):
-    model = _trained(_mlp, digits, epochs=1)
+    model = _trained(mlp, digits, epochs=1)
     quantize_annotate_layer(model.get_layer("fc2"), "float")
     qat = quantize_model(model, activation_bits=16)
     clear_annotation(model.get_layer("fc2"))

@@ -1,6 +1,7 @@
 """Export Keras 3 models to TFLite and check the file against Keras.
 
-Modules: `convert` (to_tflite), `checks` (check_integer_only), `runners` (the
+Modules: `convert` (to_tflite), `int16_layers` (16x8 operators of the layers
+annotated 16 written into an int8 file), `checks` (check_integer_only), `runners` (the
 runtime interface: LiteRT, LiteRT's reference kernels; run_tflite), `micro`
 (TensorFlow Lite Micro: MicroRunner, check_micro, micro_arena_size), `c_source`
 (to_c_source: the file as a C array for firmware), `verify` (file vs Keras),

@@ -124,7 +124,8 @@ def to_tflite(model, representative_data=None, *, int8_io=True, mode="int8"):
             "mode='int16x8'."
         )
     kept_float = _float_layers(model) if mode in _INTEGER_MODES else []
-    wide = int16_layers(model) if mode == "int8" and _is_qat(model) else []
+    wide = (int16_layers(model) if mode == "int8" and _is_qat(model) and is_graph_model(model)
+            else [])
     if mode == "int16x8" and kept_float:
         raise ValueError(
             f"Model {model.name!r} keeps layers float ({', '.join(map(repr, kept_float))}): "
@@ -146,7 +147,8 @@ def to_tflite(model, representative_data=None, *, int8_io=True, mode="int8"):
             ]
         # 16-bit layers are converted float, then rewritten as 16x8 operators.
         boundaries = float_boundaries(model, kept_float + wide) if kept_float or wide else {}
-        wrappers = {name: ModelGraph(model).layer_named(name) for name in wide}
+        graph = ModelGraph(model) if wide else None
+        wrappers = {name: graph.layer_named(name) for name in wide}
         # AdderConv's |x - w| as LEAKY_RELU, which XNNPACK runs in int8; the
         # quantizers after float and 16-bit layers are written into the calibrated file.
         with tflite_graph(), exported_as_identity(

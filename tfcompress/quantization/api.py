@@ -187,7 +187,7 @@ def quantize_model(
         if annotation_of(layer) is not None
     }
     if activation_bits == 16:  # every layer is 16x8 already
-        schemes = {name: s for name, s in schemes.items() if not (s == 16 and s is not True)}
+        schemes = {name: s for name, s in schemes.items() if s != 16}
     lowered = ModelGraph(lower_model(model))
     plan = plan_fusions(lowered, fold_batchnorm, schemes)
     shared_quantizers = {}  # Concatenate name -> its ActivationQuantizer

@@ -215,7 +215,7 @@ def plan_fusions(graph, fold_batchnorm, schemes):
 
 
 def _is_wide(scheme):
-    return scheme == 16 and not isinstance(scheme, bool)
+    return scheme == 16  # quantize_annotate_layer never stores a bool
 
 
 def _check_wide(layer, node, activation, concatenated):
